@@ -29,6 +29,7 @@ for stage in STAGES:
         output:
             [directory(p) if is_directory(p) else p for p in stage.outs.values()],
             list(stage.metrics.values()),
+            list(stage.plots.values()),
         params:
             # Rerun when the resolved params of this scale change (Snakemake's params trigger).
             resolved=json.dumps({s: section(PARAMS, s) for s in stage.params}, sort_keys=True),

@@ -40,6 +40,8 @@ REDUCED = {
     "dpo": {"eval_size": {"tiny": 4}, "train": {"max_steps": {"tiny": 2}, "max_length": {"tiny": 128}}},
     "feedme": {"train": {"max_length": {"tiny": 128}}},
     "reward_conditioning": {"train": {"max_length": {"tiny": 128}}},
+    "analyze_annotators": {"max_pairs": {"tiny": 60}, "n_seeds": {"tiny": 2}},
+    "sim_vs_human": {"n_bootstrap": 200},
 }
 
 

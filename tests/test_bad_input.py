@@ -206,7 +206,7 @@ def test_bad_record_file(ws, capsys, case):
 
 # ------------------------------------------------------------------ params.yaml
 PARAMS_CASES: dict[str, tuple[str, Callable[[dict], object], tuple[str, ...]]] = {
-    "unknown_key": ("annotate", lambda p: p["annotate"].update(annotater="heuristic"), ("params.yaml", "field 'annotate.annotater'", "did you mean 'annotator'")),
+    "unknown_key": ("annotate", lambda p: p["annotate"].update(annotater={"sim": "heuristic"}), ("params.yaml", "field 'annotate.annotater'", "did you mean 'annotators'")),
     "wrong_type": ("annotate", lambda p: p["annotate"].update(seed="zero"), ("params.yaml", "field 'annotate.seed'", "got str 'zero'")),
     "wrong_type_scaled": ("generate", lambda p: p["generate"].update(max_new_tokens={"tiny": 1.5, "paper": 300}), ("params.yaml", "field 'generate.max_new_tokens'", "got float 1.5")),
     "nested_unknown_key": ("base_model", lambda p: p["base_model"]["train"].update(learning_rat=0.1), ("params.yaml", "field 'base_model.train.learning_rat'", "did you mean 'learning_rate'")),

@@ -39,15 +39,16 @@ def test_every_dependency_is_a_source_or_produced_upstream():
     produced: set[str] = set()
     for stage in dag.STAGES:  # the table is in topological order
         for path in stage.dep_paths(shared_data="/bundle"):
-            assert path in produced or path.startswith(("/bundle/", "data/raw/")), (stage.name, path)
+            assert path in produced or path.startswith(("/bundle/", "data/raw/", "data/paper/")), (stage.name, path)
         produced.update(stage.outs.values())
         produced.update(stage.metrics.values())
+        produced.update(stage.plots.values())
 
 
 def test_names_unique_and_outputs_disjoint():
     names = [s.name for s in dag.STAGES]
     assert len(names) == len(set(names))
-    outs = [p for s in dag.STAGES for p in [*s.outs.values(), *s.metrics.values()]]
+    outs = [p for s in dag.STAGES for p in [*s.outs.values(), *s.metrics.values(), *s.plots.values()]]
     assert len(outs) == len(set(outs))
 
 

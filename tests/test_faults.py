@@ -106,7 +106,7 @@ def test_sigkill_mid_stage_leaves_nothing_that_looks_finished(repo, shared, tmp_
     # The rerun (the profiles set rerun-incomplete) redoes sft and everything after it.
     sh("snakemake --cores 2 --rerun-incomplete --quiet", work)
     assert (sft / "model.safetensors").read_bytes() == expected  # deterministic: the same bytes
-    assert (work / "results" / "leaderboard.csv").read_bytes() == (built / "results" / "leaderboard.csv").read_bytes()
+    assert (work / "results" / "leaderboard_sim.csv").read_bytes() == (built / "results" / "leaderboard_sim.csv").read_bytes()
     assert "up to date" in sh("dvc status", work)
     assert "Nothing to be done" in sh("snakemake --cores 2 -n", work)
 

@@ -38,7 +38,8 @@ def test_paper_params_resolve_to_the_papers_values(paper_workspace):
     assert section(params, "base_model")["model"]["pretrained"] == "huggyllama/llama-7b"
     assert section(params, "data")["source"] == "hub"
     assert section(params, "preference_data")["annotators"]["sim"] == "alpaca_farm_pool"
-    assert section(params, "annotate")["annotator"] == "alpaca_farm_greedy_gpt4"
+    assert section(params, "annotate")["annotators"] == {"sim": "alpaca_farm_greedy_gpt4", "human": "alpaca_farm_greedy_gpt4"}
+    assert section(params, "preference_data")["source"]["human"] == "hub"  # the paper's 10k human pairs
     assert section(params, "dpo")["beta"] == 0.1  # upstream examples/scripts/dpo.sh
     assert section(params, "ppo")["kl_coef"]["sim"] == 0.0067  # upstream rlhf_ppo.sh
     assert section(params, "best_of_n")["n"] == 16  # upstream README best-of-n

@@ -4,8 +4,9 @@ The repository is copied into a temporary git repo and params.yaml is shrunk (fe
 instructions, a smaller model, 24 evaluation instructions): only params differ from the
 real tiny run, never code. Then:
 
-1. ``snakemake`` builds everything; the leaderboard has the base model, the SFT model and
-   the reference (exactly 50%); a second ``snakemake -n`` has nothing to do;
+1. ``snakemake`` builds everything: each world's leaderboard has the shared rows (base model,
+   SFT models, published models, the reference at exactly 50%) and that world's trained methods;
+   the sim-vs-human comparison and REPORT.md exist; a second ``snakemake -n`` has nothing to do;
 2. ``dvc commit -f`` fills dvc.lock, ``dvc status`` is clean, ``dvc push`` to a local
    directory remote;
 3. a fresh ``git clone`` + ``dvc pull`` + ``snakemake --touch``: neither ``dvc status`` nor
@@ -18,6 +19,7 @@ real tiny run, never code. Then:
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 
@@ -30,14 +32,25 @@ def test_reduced_tiny_dag_with_snakemake_dvc_push_pull_and_repro(repo, shared, t
     # 1. Snakemake builds the whole DAG (once per test session, shared with other modules:
     #    pipeline_helpers.built_workspace); a second run has nothing to do.
     work = clone_workspace(built_workspace(repo, shared, tmp_path_factory), tmp_path / "work")
-    with open(work / "results" / "leaderboard.csv") as handle:
-        rows = {r["generator"]: r for r in csv.DictReader(handle)}
     from afarm.dag import PUBLISHED, REFERENCE
 
     methods = {"ppo", "best_of_n", "expert_iteration", "quark", "dpo", "feedme", "reward_conditioning"}
-    assert set(rows) == {"base_model", "sft", "sft_52k", REFERENCE, *PUBLISHED, *(f"{m}_sim" for m in methods)}
-    assert float(rows["text_davinci_003"]["win_rate"]) == pytest.approx(50.0)  # reference vs itself: all ties
-    assert int(rows["sft"]["n_total"]) == 24
+    shared_rows = {"base_model", "sft", "sft_52k", REFERENCE, *PUBLISHED}
+    for pset in ("sim", "human"):
+        with open(work / "results" / f"leaderboard_{pset}.csv") as handle:
+            rows = {r["generator"]: r for r in csv.DictReader(handle)}
+        assert set(rows) == shared_rows | {f"{m}_{pset}" for m in methods}
+        assert float(rows["text_davinci_003"]["win_rate"]) == pytest.approx(50.0)  # reference vs itself: all ties
+        assert int(rows["sft"]["n_total"]) == 24
+    # the two worlds use different judges, so the shared rows' win rates differ somewhere
+    sim = {r["generator"]: r for r in csv.DictReader(open(work / "results" / "leaderboard_sim.csv"))}
+    human = {r["generator"]: r for r in csv.DictReader(open(work / "results" / "leaderboard_human.csv"))}
+    assert any(sim[g]["win_rate"] != human[g]["win_rate"] for g in shared_rows - {REFERENCE})
+    comparison = json.loads((work / "results" / "metrics" / "sim_vs_human.json").read_text())
+    assert comparison["n_models"] == len(shared_rows) - 1 + len(methods)  # the reference is left out
+    assert -1 <= comparison["spearman_ci"][0] <= comparison["spearman"] <= comparison["spearman_ci"][1] <= 1
+    report = (work / "results" / "REPORT.md").read_text()
+    assert "stand-in" in report.lower() and "sim_vs_human.png" in report
     assert "Nothing to be done" in sh("snakemake --cores 2 -n", work)
 
     # 2. DVC records the run and pushes it to a local directory remote.
@@ -54,7 +67,7 @@ def test_reduced_tiny_dag_with_snakemake_dvc_push_pull_and_repro(repo, shared, t
     assert "up to date" in sh("dvc status", clone)
     sh("snakemake --cores 2 --touch --quiet", clone)
     assert "Nothing to be done" in sh("snakemake --cores 2 -n", clone)
-    assert (clone / "results" / "leaderboard.md").read_text() == (work / "results" / "leaderboard.md").read_text()
+    assert (clone / "results" / "REPORT.md").read_text() == (work / "results" / "REPORT.md").read_text()
 
     # 4. dvc repro from scratch in another clone gives the same bytes; a rerun is a no-op.
     fresh = tmp_path / "fresh"

@@ -56,7 +56,7 @@ def _params(tmp_path, annotators: dict) -> dict:
     return {
         "scale": "tiny", "_path": "params.yaml",
         "paths": {"shared_data": str(tmp_path), "cache_dir": str(tmp_path / "cache")},
-        "preference_data": {"annotators": annotators, "generation": generation, "seed": 0,
+        "preference_data": {"annotators": annotators, "source": {k: "annotator" for k in annotators}, "generation": generation, "seed": 0,
                             "config_dirs": [str(tmp_path / "configs")]},
     }
 

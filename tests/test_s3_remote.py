@@ -71,7 +71,7 @@ def test_push_to_s3_and_pull_into_a_fresh_clone(repo, shared, tmp_path, tmp_path
     assert "up to date" in sh("dvc status", clone)
     sh("snakemake --cores 2 --touch --quiet", clone)
     assert "Nothing to be done" in sh("snakemake --cores 2 -n", clone)
-    for name in ("results/leaderboard.csv", "results/leaderboard.png", "models/sft/model.safetensors"):
+    for name in ("results/leaderboard_sim.csv", "results/leaderboard_human.png", "results/REPORT.md", "models/sft/model.safetensors"):
         assert (clone / name).read_bytes() == (work / name).read_bytes(), name
 
 

@@ -3,7 +3,7 @@
 ``scripts/slurm_local.sh`` installs Debian's slurm-wlm + munge if ``sbatch`` is missing
 (apt-get, about 15 s), writes a one-node slurm.conf and starts munged, slurmctld and slurmd
 without systemd; the test stops them in a ``finally``. Then, in a copy of the reduced run,
-``snakemake --profile workflow/profiles/slurm --forceall results/annotations/sft.json`` reruns
+``snakemake --profile workflow/profiles/slurm --forceall results/annotations/sim/sft.json`` reruns
 the spine of the DAG (data, base model, SFT, generation, annotation: five stages) as SLURM jobs
 (the command of docs/cluster.md, with a target to keep CI short) and the test checks that:
 
@@ -77,8 +77,8 @@ def _jobcomp(state: Path) -> dict[str, dict[str, str]]:
 def test_reduced_dag_runs_as_slurm_jobs(repo, shared, tmp_path, tmp_path_factory, slurm_cluster):
     built = built_workspace(repo, shared, tmp_path_factory)
     work = clone_workspace(built, tmp_path / "work")
-    target = "results/annotations/sft.json"
-    spine = {"data", "base_model", "sft", "generate_sft", "annotate_sft"}
+    target = "results/annotations/sim/sft.json"
+    spine = {"data", "base_model", "sft", "generate_sft", "annotate_sim_sft"}
     result = run(f"snakemake --profile workflow/profiles/slurm --forceall {target}", work, timeout=1200)
     log = result.stdout + result.stderr
 

@@ -1,7 +1,8 @@
 """Stage `annotate`: judge each model output against the reference output of the same instruction.
 
 Pairs are (reference, model) as in upstream AlpacaEval: ``output_1`` is the reference,
-``output_2`` the model, so preference 2 means the model won.
+``output_2`` the model, so preference 2 means the model won. ``--preference_set`` picks the
+world whose evaluator judges (params ``annotate.annotators``): ``sim`` or ``human``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from afarm.annotators.cache import AnnotationCache
 from afarm.annotators.registry import load_annotator
 from afarm.config import section, stage_config
 from afarm.data.eval_set import load_eval_set, read_model_outputs
-from afarm.io import write_json
+from afarm.io import InputError, write_json
 from afarm.stages._cli import parser, run
 
 log = logging.getLogger("afarm.stages.annotate")
@@ -23,17 +24,22 @@ log = logging.getLogger("afarm.stages.annotate")
 
 @dataclass
 class AnnotateConfig:
-    annotator: str = "heuristic"
-    seed: int = 0
+    # preference set (world) -> evaluator config name. paper: alpaca_farm_greedy_gpt4, the evaluator
+    # upstream alpaca_farm recommends (README, "Running automatic evaluation").
+    annotators: dict[str, str] = field(default_factory=lambda: {"sim": "alpaca_farm_greedy_gpt4"})
+    seed: int = 0  # order-randomization coin (upstream AlpacaEval randomizes the order; our seed)
     config_dirs: list[str] = field(default_factory=list)
 
 
 def main(args, params) -> None:
     cfg = stage_config(params, "annotate", AnnotateConfig)
+    if args.preference_set not in cfg.annotators:
+        raise InputError(params.get("_path", "params.yaml"), f"no evaluator for preference set {args.preference_set!r}",
+                         field=f"annotate.annotators.{args.preference_set}")
     paths = section(params, "paths")
     eval_set = load_eval_set(args.eval_set)
     outputs = read_model_outputs(args.outputs, expected_instructions=[r["instruction"] for r in eval_set])
-    annotator = load_annotator(cfg.annotator, paths["shared_data"], [Path(d) for d in cfg.config_dirs])
+    annotator = load_annotator(cfg.annotators[args.preference_set], paths["shared_data"], [Path(d) for d in cfg.config_dirs])
     pairs = [Pair(ref["instruction"], ref["output"], out["output"]) for ref, out in zip(eval_set, outputs)]
     with AnnotationCache(Path(paths["cache_dir"]) / "annotations.sqlite") as cache:
         records, stats = annotate_pairs(annotator, pairs, cache, seed=cfg.seed)
@@ -54,6 +60,7 @@ def arguments():
     p.add_argument("--eval_set", required=True, help="evaluation set with the reference outputs")
     p.add_argument("--out", required=True, help="annotations.json to write")
     p.add_argument("--metrics", required=True, help="small JSON: counts, price, time")
+    p.add_argument("--preference_set", default="sim", help="which world's evaluator judges (sim | human)")
     return p
 
 

@@ -1,12 +1,13 @@
 """Stage `leaderboard`: raw and length-controlled win rates of every evaluated model.
 
-Writes the CSV and Markdown tables, the LC-vs-raw plot, and a small metrics JSON that
+One leaderboard per world (``--preference_set sim|human``): the shared rows and that world's
+trained methods, judged by that world's evaluator. Writes the CSV and Markdown tables, the LC-vs-raw plot, and a small metrics JSON that
 ``dvc metrics show`` prints.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from afarm.config import stage_config
 from afarm.io import InputError, read_records, write_json, write_text
@@ -20,10 +21,16 @@ from afarm.stages._cli import parser, run
 class LeaderboardConfig:
     reference: str = "text_davinci_003"  # AlpacaFarm evaluates against Davinci003 (paper Sec. 3)
     title: str = "Leaderboard"
+    # preference set -> how the world is named in every table and plot (the tiny "human" world is a stand-in)
+    labels: dict[str, str] = field(default_factory=lambda: {"sim": "simulated", "human": "human"})
 
 
 def main(args, params) -> None:
     cfg = stage_config(params, "leaderboard", LeaderboardConfig)
+    if args.preference_set not in cfg.labels:
+        raise InputError(params.get("_path", "params.yaml"), f"no label for preference set {args.preference_set!r}",
+                         field=f"leaderboard.labels.{args.preference_set}")
+    title = f"{cfg.title}: {cfg.labels[args.preference_set]}"
     frames, annotators = {}, set()
     for path in args.annotations:
         records = read_records(path)
@@ -43,8 +50,8 @@ def main(args, params) -> None:
         f"estimated over these models), predicted at zero length difference."
     )
     write_csv(rows, args.csv)
-    write_text(args.markdown, markdown_table(rows, cfg.title, note))
-    plot_lc_vs_raw(rows, args.plot, title=f"{cfg.title} (judge: {', '.join(sorted(annotators))})")
+    write_text(args.markdown, markdown_table(rows, title, note))
+    plot_lc_vs_raw(rows, args.plot, title=f"{title}\n(judge: {', '.join(sorted(annotators))})")
     write_json(args.metrics, {r["generator"]: {k: r[k] for k in ("win_rate", "lc_win_rate", "standard_error", "n_total")} for r in rows})
 
 
@@ -55,6 +62,7 @@ def arguments():
     p.add_argument("--markdown", required=True)
     p.add_argument("--plot", required=True)
     p.add_argument("--metrics", required=True)
+    p.add_argument("--preference_set", default="sim", help="which world (sim | human): picks the label in params")
     return p
 
 

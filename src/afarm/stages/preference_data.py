@@ -3,7 +3,9 @@
 For every instruction of the preference split, two outputs are sampled from the SFT model
 (AlpacaFarm samples the pairs at temperature 1.0) and the pair is judged by the annotator
 that params ``preference_data.annotators`` names for this preference set (``--preference_set
-sim``: the simulated pool; ``human``: see the sim-vs-human stage). Soft answers are rounded
+sim``: the simulated pool; ``human`` at tiny scale: a stronger stand-in judge). With
+``preference_data.source.<set>: hub`` the labelled pairs come from the hub instead (the paper's
+human set: upstream's ``alpaca_human_preference``, 10k pairs), through the real ``datasets`` loader. Soft answers are rounded
 to AlpacaFarm's binary labels (a tie takes a seeded coin); the judge's own value is kept in
 ``preference_raw``. Replies that cannot be parsed are dropped (and counted in the metrics).
 """
@@ -38,7 +40,11 @@ def _sampling() -> GenerationConfig:
 class PreferenceDataConfig:
     # preference set -> annotator config name. paper: sim = alpaca_farm_pool (the noisy simulated
     # pool, p_label_flip 0.25); human = the human set of the sim-vs-human stage.
-    annotators: dict[str, str] = field(default_factory=lambda: {"sim": "alpaca_farm_pool"})
+    annotators: dict[str, str | None] = field(default_factory=lambda: {"sim": "alpaca_farm_pool", "human": None})
+    # preference set -> where its labels come from: "annotator" (sample pairs from the SFT model, judge
+    # them) or "hub" (load labelled pairs: the paper's 10k human pairs, upstream alpaca_human_preference)
+    source: dict[str, str] = field(default_factory=lambda: {"sim": "annotator", "human": "hub"})
+    hub: preferences.HubPreferenceConfig = field(default_factory=preferences.HubPreferenceConfig)  # source "hub"
     generation: GenerationConfig = field(default_factory=_sampling)  # num_samples is forced to 2
     seed: int = 0  # order-randomization coin of the judge and the tie-breaking coin (our choice)
     limit: int | None = None  # first N instructions only (quick runs); None = the whole split (paper: 20k)
@@ -52,7 +58,13 @@ def judge_instruction(instruction: str, input: str) -> str:  # noqa: A002 - the 
 
 def main(args, params) -> None:
     cfg = stage_config(params, "preference_data", PreferenceDataConfig)
-    if args.preference_set not in cfg.annotators:
+    source = cfg.source.get(args.preference_set, "annotator")
+    if source == "hub":
+        return _from_hub(args, cfg)
+    if source != "annotator":
+        raise InputError(params.get("_path", "params.yaml"), f"source must be 'annotator' or 'hub', got {source!r}",
+                         field=f"preference_data.source.{args.preference_set}")
+    if not cfg.annotators.get(args.preference_set):
         raise InputError(params.get("_path", "params.yaml"), f"no annotator for preference set {args.preference_set!r}",
                          field=f"preference_data.annotators.{args.preference_set}")
     paths = section(params, "paths")
@@ -90,6 +102,20 @@ def main(args, params) -> None:
         "price": stats.price,
     })
     log.info("%d pairs: %d judged now, %d from the cache", stats.n_pairs, stats.n_judged, stats.n_cached)
+
+
+def _from_hub(args, cfg: PreferenceDataConfig) -> None:
+    """The paper's human set: upstream's labelled pairs through the real ``datasets`` loader."""
+    records = preferences.load_hub(cfg.hub)
+    preferences.write(args.out, records)
+    write_json(args.metrics, {
+        "preference_set": args.preference_set,
+        "annotator": "human",
+        "source": f"{cfg.hub.hub_id} ({cfg.hub.config_name}, split {cfg.hub.split}, revision {cfg.hub.revision})",
+        "n_pairs": len(records),
+        "fraction_output_2_preferred": sum(r["preference"] == 2 for r in records) / max(len(records), 1),
+    })
+    log.info("%d labelled pairs from %s", len(records), cfg.hub.hub_id)
 
 
 def arguments():
