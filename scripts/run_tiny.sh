@@ -7,4 +7,4 @@ snakemake --cores all
 dvc commit --force --quiet           # record the run in dvc.lock (so `dvc push` and `dvc status` work)
 snakemake --cores all --touch --quiet  # dvc commit may relink files: realign timestamps for Snakemake
 echo
-cat results/leaderboard.md
+cat results/REPORT.md
