@@ -402,6 +402,12 @@ def is_directory(path: str) -> bool:
     return Path(path).suffix == ""
 
 
+def in_git(path: str) -> bool:
+    """Outputs people read (REPORT.md, the tables and figures beside it) are small: like the metrics
+    they go to git (`cache: false`), so they show on the repository's web page without `dvc pull`."""
+    return Path(path).parent.as_posix() in ("results", "results/annotators") and Path(path).suffix in (".md", ".csv", ".png")
+
+
 def as_list(value: str | tuple[str, ...]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
@@ -419,7 +425,7 @@ def dvc_yaml() -> str:
         if stage.params:
             entry["params"] = list(stage.params)
         if stage.outs:
-            entry["outs"] = list(stage.outs.values())
+            entry["outs"] = [{path: {"cache": False}} if in_git(path) else path for path in stage.outs.values()]
         if stage.metrics:
             entry["metrics"] = [{path: {"cache": False}} for path in stage.metrics.values()]
         if stage.plots:
