@@ -416,7 +416,9 @@ def markdown_table(rows: list[dict[str, Any]], gold: GoldSet, cfg: AnalysisConfi
         "Agreement: same winner as gold over the (pair, seed) judgments where neither is a tie or null. Position: "
         "each pair judged in both orders without order randomization. Prefers longer: over decided judgments of "
         "outputs of different length. Variance: mean over pairs of the variance of the binary preference across "
-        "seeds. Price and time per 1000 pairs are what the answers cost when first produced (annotation cache).",
+        "seeds. Price and time per 1000 pairs are what the answers cost when first produced (annotation cache); "
+        "local judges (offline, heuristic) are free and record no time per answer, so their 0.0 means not "
+        "measured here (bench/bench_annotate.py times them).",
     ]
     return "\n".join(lines) + "\n"
 
