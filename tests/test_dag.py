@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import importlib
 import shlex
 
@@ -39,7 +41,7 @@ def test_every_dependency_is_a_source_or_produced_upstream():
     produced: set[str] = set()
     for stage in dag.STAGES:  # the table is in topological order
         for path in stage.dep_paths(shared_data="/bundle"):
-            assert path in produced or path.startswith(("/bundle/", "data/raw/", "data/paper/")), (stage.name, path)
+            assert path in produced or path.startswith(("/bundle/", "data/raw/", "data/paper/", "src/afarm/")), (stage.name, path)
         produced.update(stage.outs.values())
         produced.update(stage.metrics.values())
         produced.update(stage.plots.values())
@@ -62,3 +64,17 @@ def test_paper_scale_asks_for_gpus_where_models_are_trained():
     by_name = {s.name: s for s in dag.STAGES}
     assert by_name["sft"].resources("paper").gpus >= 1
     assert by_name["sft"].resources("tiny").gpus == 0
+
+
+def test_code_dependencies_are_the_source_files_a_stage_imports():
+    annotate = dag.code_deps("annotate")
+    assert "src/afarm/stages/annotate.py" in annotate and "src/afarm/annotators/registry.py" in annotate
+    assert "src/afarm/annotators/configs" in annotate  # judges are config folders: a changed config reruns
+    assert "src/afarm/annotators/offline.py" in annotate  # imported lazily by the registry, still a dependency
+    assert not any("/methods/" in p for p in annotate)  # a method's code change does not re-annotate
+    sft = dag.code_deps("sft")
+    assert "src/afarm/models/train.py" in sft and not any("/annotators/" in p for p in sft)
+    assert all(not p.endswith("dag.py") for s in dag.STAGES for p in dag.code_deps(s.module))  # adding a stage reruns nothing
+    assert all(Path(p).exists() for s in dag.STAGES for p in dag.code_deps(s.module))
+    by_name = {s.name: s for s in dag.STAGES}
+    assert by_name["ppo_sim"].dep_paths()[-len(dag.code_deps("ppo")):] == list(dag.code_deps("ppo"))

@@ -16,7 +16,9 @@ code; hyperparameters live in params.yaml.
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
+from functools import cache
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,7 +67,9 @@ class Stage:
         return " ".join(parts)
 
     def dep_paths(self, shared_data: str = "${paths.shared_data}") -> list[str]:
-        return [p.format(shared_data=shared_data) for v in self.deps.values() for p in as_list(v)]
+        """Data dependencies, then the package's source files this stage's module imports."""
+        data = [p.format(shared_data=shared_data) for v in self.deps.values() for p in as_list(v)]
+        return data + list(code_deps(self.module))
 
     def resources(self, scale: str) -> Resources:
         return self.paper if scale == "paper" else self.tiny
@@ -400,6 +404,45 @@ STAGES = build_stages()
 def is_directory(path: str) -> bool:
     """Outputs without a file suffix (model folders) are directories."""
     return Path(path).suffix == ""
+
+
+SRC = Path(__file__).resolve().parent.parent  # the folder holding the package (src/)
+# Source files that are not code dependencies of a stage: the stage table itself (its effect on a stage
+# is the command and paths in dvc.yaml; `_cli` reads it only to list params sections).
+NOT_CODE_DEPS = {f"{PACKAGE}.dag"}
+
+
+def _module_file(name: str) -> Path | None:
+    path = SRC / name.replace(".", "/")
+    if (path / "__init__.py").exists():
+        return path / "__init__.py"
+    return path.with_suffix(".py") if path.with_suffix(".py").exists() else None
+
+
+@cache
+def code_deps(module: str) -> tuple[str, ...]:
+    """The package's source files that ``afarm.stages.<module>`` imports, transitively (``import`` and
+    ``from ... import`` anywhere in a file, lazy ones too), plus the annotator config folders when the
+    registry is used: editing a file reruns exactly the stages that run it (DVC by hash, Snakemake by
+    modification time)."""
+    seen: set[str] = set()
+    todo = [f"{PACKAGE}.stages.{module}"]
+    while todo:
+        name = todo.pop()
+        if name in seen or name in NOT_CODE_DEPS or (path := _module_file(name)) is None:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # importing a module runs its packages
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names if a.name.split(".")[0] == PACKAGE]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == PACKAGE:
+                todo += [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+    files = [str(_module_file(n).relative_to(SRC.parent)) for n in seen]
+    if f"{PACKAGE}.annotators.registry" in seen:
+        files.append(f"src/{PACKAGE}/annotators/configs")
+    return tuple(sorted(files))
 
 
 def in_git(path: str) -> bool:
