@@ -61,9 +61,10 @@ def _pids_with(fragment: str, cwd: Path) -> list[int]:
 def test_sigkill_mid_stage_leaves_nothing_that_looks_finished(repo, shared, tmp_path, tmp_path_factory):
     built = built_workspace(repo, shared, tmp_path_factory)
     work = clone_workspace(built, tmp_path / "work")
-    expected = (built / "models" / "sft" / "model.safetensors").read_bytes()
+    # sft_52k: the longest training stage of the reduced DAG (a few seconds) with few stages after it
+    expected = (built / "models" / "sft_52k" / "model.safetensors").read_bytes()
 
-    proc = subprocess.Popen("snakemake --cores 2 --forcerun sft", shell=True, cwd=work, env=env(work),
+    proc = subprocess.Popen("snakemake --cores 2 --forcerun sft_52k", shell=True, cwd=work, env=env(work),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + STAGE_TIMEOUT
@@ -71,7 +72,7 @@ def test_sigkill_mid_stage_leaves_nothing_that_looks_finished(repo, shared, tmp_
         while not stage_pids and time.time() < deadline and proc.poll() is None:
             stage_pids = _pids_with("afarm.stages.sft ", work)
             time.sleep(0.1)
-        assert stage_pids, "the sft stage never started"
+        assert stage_pids, "the sft_52k stage never started"
         time.sleep(3.0)  # inside the stage: imports, model loading, training
         assert proc.poll() is None, "snakemake finished before it could be killed"
         for pid in [proc.pid, *stage_pids]:  # the node dies: everything at once
@@ -87,12 +88,12 @@ def test_sigkill_mid_stage_leaves_nothing_that_looks_finished(repo, shared, tmp_
         with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
-    sft = work / "models" / "sft"
+    sft = work / "models" / "sft_52k"
     # Nothing looks finished: the folder is gone (Snakemake removed the old one before the job)
     # and atomic_dir never renamed its temporary folder into place.
     assert not (sft / "model.safetensors").exists()
     assert list((work / ".snakemake" / "incomplete").iterdir()), "Snakemake's incomplete marker is missing"
-    assert "sft" in sh("dvc status", work)  # dvc.lock says the stage's outputs are not what it recorded
+    assert "sft_52k:" in sh("dvc status", work)  # dvc.lock says the stage's outputs are not what it recorded
 
     # A non-atomic tool would have left a partial file: Snakemake refuses to trust it.
     sft.mkdir(exist_ok=True)
@@ -103,7 +104,7 @@ def test_sigkill_mid_stage_leaves_nothing_that_looks_finished(repo, shared, tmp_
     text = dry.stdout + dry.stderr
     assert dry.returncode != 0 and "incomplete" in text.lower(), text[-2000:]
 
-    # The rerun (the profiles set rerun-incomplete) redoes sft and everything after it.
+    # The rerun (the profiles set rerun-incomplete) redoes sft_52k and everything after it.
     sh("snakemake --cores 2 --rerun-incomplete --quiet", work)
     assert (sft / "model.safetensors").read_bytes() == expected  # deterministic: the same bytes
     assert (work / "results" / "leaderboard_sim.csv").read_bytes() == (built / "results" / "leaderboard_sim.csv").read_bytes()

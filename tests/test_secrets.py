@@ -1,6 +1,6 @@
 """API keys come only from the environment and never end up on disk.
 
-The reduced DAG's annotation stages are rerun through Snakemake with an OpenAI-backend judge
+The reduced DAG's annotation stages of the simulated world are rerun through Snakemake with an OpenAI-backend judge
 pointed at a loopback fake OpenAI server (tests/fake_openai_server.py), with a recognisable
 key in ``OPENAI_API_KEY``. The first attempt hits a 401 whose error message echoes the key
 (as OpenAI's does); the second succeeds; then ``dvc commit``, ``dvc push`` and a git commit.
@@ -71,7 +71,7 @@ def test_api_key_is_never_written_anywhere(repo, shared, tmp_path, tmp_path_fact
         judges.mkdir(parents=True)
         (judges / "config.yaml").write_text(JUDGE.format(url=server.url))
         params = yaml.safe_load((work / "params.yaml").read_text())
-        params["annotate"]["annotator"] = {"tiny": "fake_gpt4", "paper": "alpaca_farm_greedy_gpt4"}
+        params["annotate"]["annotators"]["sim"] = {"tiny": "fake_gpt4", "paper": "alpaca_farm_greedy_gpt4"}
         params["annotate"]["config_dirs"] = [str(judges.parent)]
         params["paths"]["cache_dir"] = str(cache)
         (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -89,7 +89,7 @@ def test_api_key_is_never_written_anywhere(repo, shared, tmp_path, tmp_path_fact
             result = run(step, work, OPENAI_API_KEY=KEY)
             printed += [result.stdout, result.stderr]
 
-    annotations = yaml.safe_load((work / "results" / "annotations" / "sft.json").read_text())
+    annotations = yaml.safe_load((work / "results" / "annotations" / "sim" / "sft.json").read_text())
     assert {a["annotator"] for a in annotations} == {"fake_gpt4"} and len(annotations) == 24
     needle = KEY.encode()
     leaks = _files_containing(work, needle) + _files_containing(cache, needle) + _files_containing(remote, needle)
