@@ -17,7 +17,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from afarm.io import InputError, read_json, write_text
+from afarm.metrics import ranking
 from afarm.report.leaderboard import COLUMNS as LEADERBOARD_COLUMNS
 from afarm.report.leaderboard import markdown_table
 
@@ -306,29 +309,17 @@ def _image(path: str, out: str, alt: str) -> str:
 
 
 def average_ranks(values: list[float]) -> list[float]:
-    """Rank 1 = largest value; ties share the average of their ranks."""
-    order = sorted(range(len(values)), key=lambda k: -values[k])
-    ranks = [0.0] * len(values)
-    start = 0
-    while start < len(order):
-        end = start
-        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
-            end += 1
-        for k in order[start : end + 1]:
-            ranks[k] = (start + end) / 2 + 1
-        start = end + 1
-    return ranks
+    """Rank 1 = largest value; ties share the average of their ranks (``metrics.ranking`` on the negated values)."""
+    return [float(r) for r in ranking.average_ranks(-np.asarray(values, dtype=float))]
 
 
 def rank_correlations(x: list[float], y: list[float]) -> tuple[float | None, float | None]:
-    """(Spearman, Kendall tau-b) of two paired lists; None where undefined (fewer than 3 pairs, constant)."""
+    """(Spearman, Kendall tau-b) of two paired lists, as ``metrics.ranking`` computes them for the
+    sim-vs-human stage; None where undefined (fewer than 3 pairs, a constant side)."""
     if len(x) < 3:
         return None, None
-    from scipy import stats
-
-    rho = stats.spearmanr(x, y).statistic
-    tau = stats.kendalltau(x, y).statistic
-    return (None if math.isnan(rho) else float(rho)), (None if math.isnan(tau) else float(tau))
+    rho, tau = float(ranking.spearman(x, y)), float(ranking.kendall_tau_b(x, y))
+    return (None if math.isnan(rho) else rho), (None if math.isnan(tau) else tau)
 
 
 def _relink(line: str, path: str, out: str) -> str:
