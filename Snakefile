@@ -4,7 +4,7 @@
 import json
 
 from afarm.config import load_params, section
-from afarm.dag import STAGES, final_targets, is_directory
+from afarm.dag import STAGES, final_targets, is_directory, stage_params
 from afarm.stages._cli import check_params
 
 PARAMS = load_params("params.yaml")
@@ -32,7 +32,7 @@ for stage in STAGES:
             list(stage.plots.values()),
         params:
             # Rerun when the resolved params of this scale change (Snakemake's params trigger).
-            resolved=json.dumps({s: section(PARAMS, s) for s in stage.params}, sort_keys=True),
+            resolved=json.dumps({s: section(PARAMS, s) for s in stage_params(stage)}, sort_keys=True),
             # Bound now: a `shell:` expression would be evaluated late, after the loop has moved on.
             cmd=stage.command(SHARED),
         threads: res.cpus

@@ -2,9 +2,11 @@
 
 ``dvc.yaml`` is generated from it (``python -m afarm.dag --write``; a test fails
 when the committed file is stale) and the ``Snakefile`` builds one rule per
-entry. Every stage runs ``python -m afarm.stages.<module>`` with one
-``--<name> <path>`` flag per input and output, so the command, the DVC stage and
-the Snakemake rule can never disagree about paths.
+entry. Every stage runs ``python -m afarm.stages <module>`` (the launcher,
+``afarm.stages._launch``: pinned environment, one process per device where the
+module is in ``DISTRIBUTED``) with one ``--<name> <path>`` flag per input and
+output, so the command, the DVC stage and the Snakemake rule can never disagree
+about paths, and every engine starts a stage the same way.
 
 Paths may contain ``{shared_data}``: the data bundle root from
 ``params.yaml:paths.shared_data`` (``${paths.shared_data}`` in dvc.yaml).
@@ -41,6 +43,10 @@ class Resources:
     runtime: int = 60  # minutes
 
 
+# Stage modules that run one process per device at paper scale (``launch.processes`` in params.yaml):
+# data-parallel generation and FSDP-sharded training. Every other stage runs in one process.
+DISTRIBUTED: frozenset[str] = frozenset()
+
 CPU = Resources(cpus=1)  # tiny stages use one thread each (params num_threads), so two run at once
 # Paper-scale training and generation of a 7B model: AlpacaFarm trained on 8 x A100 80GB.
 GPU_TRAIN = Resources(cpus=16, mem_mb=256_000, gpus=8, runtime=24 * 60)
@@ -61,7 +67,7 @@ class Stage:
     paper: Resources = CPU
 
     def command(self, shared_data: str = "${paths.shared_data}") -> str:
-        parts = ["python", "-m", f"{PACKAGE}.stages.{self.module}"]
+        parts = ["python", "-m", f"{PACKAGE}.stages", self.module]
         for flag, value in {**self.deps, **self.outs, **self.metrics, **self.plots, **self.args}.items():
             parts += [f"--{flag}", *(p.format(shared_data=shared_data) for p in as_list(value))]
         return " ".join(parts)
@@ -401,6 +407,12 @@ def build_stages() -> list[Stage]:
 STAGES = build_stages()
 
 
+def stage_params(stage: Stage) -> tuple[str, ...]:
+    """params.yaml sections a stage depends on: its own, and ``launch`` (threads, CPU kernels and
+    processes decide its bytes)."""
+    return ("launch", *stage.params)
+
+
 def is_directory(path: str) -> bool:
     """Outputs without a file suffix (model folders) are directories."""
     return Path(path).suffix == ""
@@ -465,8 +477,7 @@ def dvc_yaml() -> str:
     for stage in STAGES:
         entry: dict = {"cmd": stage.command()}
         entry["deps"] = stage.dep_paths()
-        if stage.params:
-            entry["params"] = list(stage.params)
+        entry["params"] = list(stage_params(stage))
         if stage.outs:
             entry["outs"] = [{path: {"cache": False}} if in_git(path) else path for path in stage.outs.values()]
         if stage.metrics:

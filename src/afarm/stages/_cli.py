@@ -13,19 +13,22 @@ written atomically, so nothing half-written is left behind and earlier outputs s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
-from typing import Callable
+from typing import Callable, Iterator
 
 from afarm.config import PathsConfig, check_sections, load_params, stage_config
 from afarm.io import InputError, OutputError
+from afarm.stages import _launch
 
 
 def known_sections() -> set[str]:
     """Top-level keys params.yaml may have: the scale, paths, and every stage's sections."""
     from afarm.dag import STAGES
 
-    return {"scale", "paths", *(name for stage in STAGES for name in stage.params)}
+    return {"scale", "paths", _launch.SECTION, *(name for stage in STAGES for name in stage.params)}
 
 
 def check_params(params: dict) -> None:
@@ -33,6 +36,8 @@ def check_params(params: dict) -> None:
     check_sections(params, known_sections())
     if "paths" in params:
         stage_config(params, "paths", PathsConfig)
+    if _launch.SECTION in params:
+        _launch.launch_config(params)
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -48,7 +53,8 @@ def run(main: Callable[[argparse.Namespace, dict], None], p: argparse.ArgumentPa
     try:
         params = load_params(args.params)
         check_params(params)
-        main(args, params)
+        with _processes(_stage_module(main), params):
+            main(args, params)
     except InputError as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         sys.exit(2)
@@ -59,10 +65,39 @@ def run(main: Callable[[argparse.Namespace, dict], None], p: argparse.ArgumentPa
         print(f"error: cannot read input: {_one_line(err)}", file=sys.stderr)
         sys.exit(2)
     except Exception as err:
+        if type(err).__name__ == "DistributedError":  # started alone when promised N processes, or the like
+            print(f"error: {_one_line(err)}", file=sys.stderr)
+            sys.exit(1)
         if type(err).__name__ != "AnnotatorError":  # a judge that failed for good (message already names it)
             raise
         print(f"error: {_one_line(err)}", file=sys.stderr)
         sys.exit(1)
+
+
+def _stage_module(main: Callable) -> str | None:
+    """``sft`` for a ``main`` defined in ``afarm.stages.sft`` run as a script (``python -m``)."""
+    spec = getattr(sys.modules.get(main.__module__), "__spec__", None)
+    name = getattr(spec, "name", "") or ""
+    return name.rsplit(".", 1)[1] if name.startswith("afarm.stages.") else None
+
+
+@contextlib.contextmanager
+def _processes(module: str | None, params: dict) -> Iterator[None]:
+    """Join the stage's process group when it runs in several processes (see ``_launch``); a stage
+    promised N processes that finds itself alone, or one process of a stage that is not
+    distributed, stops with one line."""
+    expected = _launch.processes(module, params) if module else 1
+    if expected == 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        yield
+        return
+    from afarm import distributed
+
+    cfg = _launch.launch_config(params)
+    distributed.init_process_group(expected, cfg.backend, cfg.timeout_s)
+    try:
+        yield
+    finally:
+        distributed.destroy_process_group()
 
 
 def _one_line(err: BaseException) -> str:

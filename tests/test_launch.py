@@ -1,0 +1,130 @@
+"""The stage launcher (``python -m afarm.stages <module>``): one environment under every engine.
+
+Unit tests of the environment and process count it computes, and one real check that it makes a
+stage's bytes independent of the caller's environment: the same short training run twice through
+the launcher, once from an environment that picks other CPU kernels and thread counts (ATen's
+generic kernels, MKL's SSE-compatible path, 2 threads), gives identical bytes -- while the stage
+module run directly from those two environments does not (so the kernel path really matters on
+this machine, and the test can fail).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from afarm import distributed
+from afarm.config import load_params
+from afarm.io import InputError
+from afarm.stages import _cli, _launch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def params(tmp_path: Path, launch: dict | None = None, scale: str = "tiny") -> dict:
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    data["scale"] = scale
+    data["launch"].update(launch or {})
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_params(path)
+
+
+def test_environment_pins_threads_kernels_and_hash_seed(tmp_path):
+    base = {"OMP_NUM_THREADS": "8", "ATEN_CPU_CAPABILITY": "default", "PATH": "/bin"}
+    env = _launch.environment(params(tmp_path), base=base, machine="x86_64")
+    assert env["PATH"] == "/bin"  # the rest of the caller's environment is kept
+    assert env["PYTHONHASHSEED"] == "0"
+    assert [env[v] for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")] == ["1", "1", "1"]
+    assert env["ATEN_CPU_CAPABILITY"] == "avx2" and env["MKL_CBWR"] == "AVX2" and env["OPENBLAS_CORETYPE"] == "Haswell"
+    # the x86 kernel pins mean nothing elsewhere; "native" and a null thread count leave the caller's values
+    assert "MKL_CBWR" not in _launch.environment(params(tmp_path), base={}, machine="aarch64")
+    paper = _launch.environment(params(tmp_path, scale="paper"), base=base, machine="x86_64")
+    assert paper["OMP_NUM_THREADS"] == "8" and paper["ATEN_CPU_CAPABILITY"] == "default" and "MKL_CBWR" not in paper
+
+
+def test_process_count_follows_the_stage_table(tmp_path, monkeypatch):
+    from afarm import dag
+
+    assert _launch.processes("annotate", params(tmp_path, scale="paper")) == 1  # not a distributed stage
+    monkeypatch.setattr(dag, "DISTRIBUTED", frozenset({"sft"}))
+    assert _launch.processes("sft", params(tmp_path)) == 1  # tiny: one process
+    assert _launch.processes("sft", params(tmp_path, scale="paper")) == dag.GPU_TRAIN.gpus  # one per reserved GPU
+    assert _launch.processes("sft", params(tmp_path, {"processes": 2})) == 2
+    cmd = _launch.command("sft", ["--out", "x"], params(tmp_path, {"processes": 2}))
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert cmd[5:] == ["-m", "afarm.stages.sft", "--out", "x"]
+    assert _launch.command("annotate", ["--out", "x"], params(tmp_path))[1:] == ["-m", "afarm.stages.annotate", "--out", "x"]
+
+
+@pytest.mark.parametrize(
+    "launch, field",
+    [({"cpu_kernels": "avx512"}, "launch.cpu_kernels"), ({"processes": 0}, "launch.processes"),
+     ({"backend": "mpi"}, "launch.backend"), ({"num_treads": 1}, "launch.num_treads")],
+)
+def test_bad_launch_params_name_the_field(tmp_path, launch, field):
+    with pytest.raises(InputError, match=field.replace(".", r"\.")):
+        _launch.launch_config(params(tmp_path, launch))
+
+
+def test_a_stage_promised_several_processes_that_finds_itself_alone_stops(tmp_path, monkeypatch):
+    from afarm import dag
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(dag, "DISTRIBUTED", frozenset({"sft"}))
+    with pytest.raises(distributed.DistributedError, match="should run in 2 processes but was started alone"):
+        with _cli._processes("sft", params(tmp_path, {"processes": 2})):
+            pass
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a non-distributed stage started in 2 processes
+    with pytest.raises(distributed.DistributedError, match="should run in 1 processes but was started in 2"):
+        with _cli._processes("annotate", params(tmp_path)):
+            pass
+
+
+def test_unknown_module_is_a_usage_error():
+    result = subprocess.run([sys.executable, "-m", "afarm.stages", "sftt"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and "stage modules:" in result.stderr and "'sftt'" in result.stderr
+
+
+def _write_training_inputs(root: Path) -> None:
+    """A base-model stage small enough to train in seconds (inputs: instruction/output records)."""
+    words = "the a model data small large answer question write list explain give three reasons".split()
+    rows = [{"instruction": " ".join(words[(i * k) % len(words)] for k in range(1, 6)),
+             "input": "", "output": " ".join(words[(i + k) % len(words)] for k in range(8))} for i in range(48)]
+    (root / "train.json").write_text(json.dumps(rows))
+    (root / "validation.json").write_text(json.dumps(rows[:8]))
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    data["base_model"]["model"].update(vocab_size=300, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    data["base_model"]["train"].update(num_epochs=1, batch_size=8, max_length=64)
+    (root / "params.yaml").write_text(yaml.safe_dump(data))
+
+
+def _train(root: Path, out: str, env: dict, launcher: bool) -> str:
+    module = ["afarm.stages", "base_model"] if launcher else ["afarm.stages.base_model"]
+    argv = [sys.executable, "-m", *module, "--unlabeled", "train.json", "--validation", "validation.json",
+            "--out", out, "--metrics", f"{out}.json"]
+    result = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return hashlib.md5((root / out / "model.safetensors").read_bytes()).hexdigest()
+
+
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "AMD64"), reason="CPU kernel paths are x86's")
+def test_launcher_bytes_do_not_depend_on_the_callers_kernels_or_threads(tmp_path):
+    _write_training_inputs(tmp_path)
+    src = str(REPO / "src")
+    clean = {k: v for k, v in os.environ.items() if k not in (*_launch.THREAD_VARIABLES, *_launch.KERNEL_VARIABLES["avx2"])}
+    clean["PYTHONPATH"] = os.pathsep.join(p for p in (src, clean.get("PYTHONPATH")) if p)
+    # Another machine, simulated: generic ATen kernels, MKL's SSE-compatible path, two threads.
+    other = {**clean, "ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    pinned = {**clean, **_launch.KERNEL_VARIABLES["avx2"], "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    direct_pinned, direct_other = _train(tmp_path, "dp", pinned, launcher=False), _train(tmp_path, "do", other, launcher=False)
+    assert direct_pinned != direct_other, "the kernel path made no difference here: this test would prove nothing"
+    # Through the launcher, both environments give the pinned bytes.
+    assert _train(tmp_path, "lc", clean, launcher=True) == _train(tmp_path, "lo", other, launcher=True) == direct_pinned
