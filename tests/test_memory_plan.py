@@ -86,6 +86,16 @@ def test_every_paper_stage_fits_on_8_a100_and_training_does_not_fit_on_one():
     assert mp.check_stage("data", params) is None  # holds no model
 
 
+def test_agrees_with_upstreams_hardware_notes():
+    """Upstream README ("Running reference methods"): SFT and reward modeling fit on 4 80GB A100s,
+    PPO needs at least 8. On 4 x 80 GB PPO needs 18 (P + P_scalar) / 4 = 60.06 GB + its rollout."""
+    params = paper_params()
+    assert mp.check_stage("sft", params, devices=4).fits and mp.check_stage("reward_model", params, devices=4).fits
+    assert mp.plan("ppo", LLAMA_7B, devices=4, **mp.stage_inputs("ppo", params)).total_bytes == 18 * (P + P_SCALAR) // 4 + 20_112_457_728
+    with pytest.raises(mp.PlanError, match="needs 80.2 GB per device, 80 GB available"):
+        mp.check_stage("ppo", params, devices=4)
+
+
 def test_tiny_scale_fits_trivially():
     params = load_params(REPO / "params.yaml")
     assert params["scale"] == "tiny"

@@ -203,8 +203,9 @@ class Plan:
         return sum(r.bytes for r in self.rows if r.name == name and (phase is None or r.phase == phase))
 
     def summary(self) -> str:
-        """One line: the stage, the need and what is available, and the largest rows."""
-        parts = ", ".join(f"{r.name}{f' ({r.phase})' if r.phase else ''} {r.gb:.1f}" for r in sorted(self.rows, key=lambda r: -r.bytes)[:4])
+        """One line: the stage, the need and what is available, and the largest rows of the peak."""
+        counted = [r for r in self.rows if r.phase in ("", self.peak_phase)]
+        parts = ", ".join(f"{r.name}{f' ({r.phase})' if r.phase else ''} {r.gb:.1f}" for r in sorted(counted, key=lambda r: -r.bytes)[:4])
         verdict = "fits" if self.fits else "does not fit"
         shape = []
         if self.micro_batch:
