@@ -96,6 +96,15 @@ def test_agrees_with_upstreams_hardware_notes():
         mp.check_stage("ppo", params, devices=4)
 
 
+def test_every_gpu_stage_of_the_dag_has_a_plan():
+    from afarm import dag
+
+    gpu_modules = {s.module for s in dag.STAGES if s.resources("paper").gpus}
+    # base_model only evaluates the pretrained model's loss (bf16, forward only): no plan needed
+    assert gpu_modules - set(mp.STAGE_MODELS) == {"base_model"}
+    assert set(mp.STAGE_MODELS) <= gpu_modules
+
+
 def test_tiny_scale_fits_trivially():
     params = load_params(REPO / "params.yaml")
     assert params["scale"] == "tiny"

@@ -244,7 +244,10 @@ def layer_activations(arch: Arch, b: int, s: int) -> int:
 
 def activations(arch: Arch, head: str, b: int, s: int, checkpointing: bool) -> int:
     """Bytes a training forward keeps for backward: decoder layers, final norm and head, logits."""
-    layers = arch.num_layers * 2 * s * b * arch.hidden_size + layer_activations(arch, b, s) if checkpointing else arch.num_layers * layer_activations(arch, b, s)
+    if checkpointing:  # each layer's input, and one layer recomputed during backward
+        layers = arch.num_layers * 2 * s * b * arch.hidden_size + layer_activations(arch, b, s)
+    else:
+        layers = arch.num_layers * layer_activations(arch, b, s)
     logits = 10 * s * b * arch.vocab_size if head == "lm" else 0
     return layers + 8 * s * b * arch.hidden_size + logits
 

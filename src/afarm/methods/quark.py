@@ -2,7 +2,8 @@
 
 Reward quantiles become control tokens ``<reward_0>`` (best) .. ``<reward_{K-1}>`` (worst), added
 to the tokenizer with new embedding rows (mean of the old rows plus seeded jitter of their
-std, as upstream's ``stable_resize_token_embeddings(jitter_new_embeddings=True)``). One step:
+std, as upstream's ``stable_resize_token_embeddings(jitter_new_embeddings=True)``; a checkpoint
+with spare rows lends them instead of shrinking, see ``grow_embeddings``). One step:
 
 1. Rollout. Sample a response to each of ``rollout_batch_size`` prompts with ``<reward_0>``
    in front of the prompt (not at the first step: the token means nothing yet), score it with
