@@ -43,5 +43,7 @@ def test_paper_params_resolve_to_the_papers_values(paper_workspace):
     assert section(params, "dpo")["beta"] == 0.1  # upstream examples/scripts/dpo.sh
     assert section(params, "ppo")["kl_coef"]["sim"] == 0.0067  # upstream rlhf_ppo.sh
     assert section(params, "best_of_n")["n"] == 16  # upstream README best-of-n
+    generate = section(params, "generate")  # paper Sec. 4.1; upstream rl/rl_trainer.py RLTrainer.evaluate
+    assert (generate["temperature"], generate["top_p"], generate["max_new_tokens"], generate["do_sample"]) == (0.7, 0.9, 300, True)
     by_name = {s.name: s for s in dag.STAGES}
     assert all(by_name[n].resources("paper").gpus >= 1 for n in ("sft", "ppo_sim", "dpo_sim", "reward_model_sim"))

@@ -70,6 +70,34 @@ def test_control_tokens_and_generation_prefix(tok):
     assert generation_prefix(QuarkConfig()) == ""
 
 
+def test_spare_embedding_rows_are_reused_not_shrunk(tok):
+    """A checkpoint padded with spare rows (more rows than tokenizer entries, e.g. rounded up to a
+    multiple of 64) keeps its size; the rows the control tokens take get the same values as grown rows."""
+    import dataclasses
+
+    n = len(tok)
+    padded = build_model(dataclasses.replace(TOY, vocab_size=n + 8, tie_word_embeddings=False), tok)
+    exact = copy.deepcopy(padded)
+    exact.resize_token_embeddings(n)  # the same model without its spare rows
+    before = {name: m.weight.detach().clone() for name, m in (("in", padded.get_input_embeddings()), ("out", padded.get_output_embeddings()))}
+    ids = add_reward_tokens(padded, copy.deepcopy(tok), 4, seed=0)
+    add_reward_tokens(exact, copy.deepcopy(tok), 4, seed=0)
+    assert ids == [n, n + 1, n + 2, n + 3]
+    for name, module, grown in (("in", padded.get_input_embeddings(), exact.get_input_embeddings()), ("out", padded.get_output_embeddings(), exact.get_output_embeddings())):
+        w = module.weight.detach()
+        assert w.shape == (n + 8, TOY.hidden_size)  # never shrunk to n + 4
+        assert torch.equal(w[:n], before[name][:n])  # the vocabulary is untouched
+        assert torch.equal(w[n : n + 4], grown.weight.detach()[n : n + 4])  # as if grown
+        assert not torch.equal(w[n : n + 4], before[name][n : n + 4])  # the spare rows were re-initialised
+        assert torch.equal(w[n + 4 :], before[name][n + 4 :])  # spare rows no token uses stay
+    # a full Quark run from such a checkpoint (policy and reference) keeps the padded size
+    t = copy.deepcopy(tok)
+    policy = build_model(dataclasses.replace(TOY, vocab_size=n + 8), t)
+    ref = copy.deepcopy(policy)
+    train_quark(policy, ref, count_e, t, PROMPTS, QuarkConfig(**{**FAST.__dict__, "max_steps": 1}))
+    assert policy.get_input_embeddings().weight.size(0) == ref.get_input_embeddings().weight.size(0) == n + 8
+
+
 def test_kl_to_reference_by_hand():
     p, q = torch.tensor([0.5, 0.5]), torch.tensor([0.25, 0.75])
     expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)

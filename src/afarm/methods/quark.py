@@ -2,7 +2,8 @@
 
 Reward quantiles become control tokens ``<reward_0>`` (best) .. ``<reward_{K-1}>`` (worst), added
 to the tokenizer with new embedding rows (mean of the old rows plus seeded jitter of their
-std, as upstream's ``stable_resize_token_embeddings(jitter_new_embeddings=True)``). One step:
+std, as upstream's ``stable_resize_token_embeddings(jitter_new_embeddings=True)``; a checkpoint
+with spare rows lends them instead of shrinking, see ``grow_embeddings``). One step:
 
 1. Rollout. Sample a response to each of ``rollout_batch_size`` prompts with ``<reward_0>``
    in front of the prompt (not at the first step: the token means nothing yet), score it with
@@ -106,22 +107,37 @@ def assign_quantiles(rewards: torch.Tensor, num_quantiles: int) -> torch.Tensor:
 def add_reward_tokens(model, tokenizer, num_quantiles: int, seed: int) -> list[int]:
     """Add the control tokens to ``tokenizer`` and grow ``model``'s embeddings; returns their ids."""
     tokens = reward_tokens(num_quantiles)
+    first_new = len(tokenizer)
     tokenizer.add_special_tokens({"additional_special_tokens": tokens})
-    grow_embeddings(model, len(tokenizer), seed)
+    grow_embeddings(model, len(tokenizer), seed, first_new=first_new)
     return tokenizer.convert_tokens_to_ids(tokens)
 
 
 @torch.no_grad()
-def grow_embeddings(model, size: int, seed: int) -> None:
-    """Resize the embeddings to ``size`` rows; new rows = mean of the old rows + N(0, 1) * their std
-    (input and output embeddings; with tied embeddings both are the same tensor). Seeded."""
-    old = model.get_input_embeddings().weight.size(0)
-    model.resize_token_embeddings(size, mean_resizing=False)
+def grow_embeddings(model, size: int, seed: int, first_new: int | None = None) -> None:
+    """Give the embeddings room for ``size`` tokens and initialise rows ``first_new .. size - 1`` (the new
+    tokens) as the mean of rows ``0 .. first_new - 1`` (the vocabulary they join) plus N(0, 1) times
+    their std; input and output embeddings (the same tensor when tied). Seeded.
+
+    ``first_new`` defaults to the current number of rows (the matrix holds exactly the old vocabulary).
+    The matrix never shrinks: a checkpoint padded with spare rows (more rows than tokenizer entries,
+    e.g. rounded up to a multiple of 64) keeps its size, and the spare rows the new tokens take are
+    initialised like grown rows, because a spare row was never trained as an input (zeros or leftover
+    initialisation) and would give the token an arbitrary meaning; spare rows no token uses stay as
+    they are.
+    """
+    rows = model.get_input_embeddings().weight.size(0)
+    first_new = min(rows, size) if first_new is None else first_new
+    if not 0 < first_new <= min(rows, size):
+        raise ValueError(f"first_new {first_new} must be in 1..{min(rows, size)} (rows {rows}, size {size})")
+    if size > rows:
+        model.resize_token_embeddings(size, mean_resizing=False)
     for embedding in {id(e): e for e in (model.get_input_embeddings(), model.get_output_embeddings()) if e is not None}.values():
         w = embedding.weight
-        base = w[:old].float()
-        noise = torch.randn((size - old, w.size(1)), generator=torch.Generator().manual_seed(seed))
-        w[old:] = (base.mean(0, keepdim=True) + noise * base.std(0, keepdim=True)).to(w.dtype)
+        base = w[:first_new].float()
+        noise = torch.randn((size - first_new, w.size(1)), generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            w[first_new:size] = (base.mean(0, keepdim=True) + noise * base.std(0, keepdim=True)).to(w.dtype)
 
 
 def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
@@ -227,7 +243,7 @@ def _train_quark(policy, ref_policy, reward_fn, tokenizer, prompts, cfg: QuarkCo
     if len(kept) < cfg.rollout_batch_size:
         raise ValueError(f"{len(kept)} prompts (of {len(prompts)}) fit query_len, fewer than rollout_batch_size {cfg.rollout_batch_size}")
     add_reward_tokens(policy, tokenizer, cfg.num_reward_tokens, cfg.seed)
-    grow_embeddings(ref_policy, len(tokenizer), cfg.seed)  # the policy may sample a control token (as upstream, both grow)
+    grow_embeddings(ref_policy, len(tokenizer), cfg.seed, first_new=vocab_size)  # the policy may sample a control token (as upstream, both grow)
     top_token = reward_tokens(cfg.num_reward_tokens)[0]
     ref_policy.eval().requires_grad_(False)
 

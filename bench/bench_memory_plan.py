@@ -1,0 +1,52 @@
+"""Print the memory plan of every paper-scale stage on 8, 4 and 1 x 80 GB (docs/memory_plan.md).
+
+    python bench/bench_memory_plan.py            # the summary table (Markdown)
+    python bench/bench_memory_plan.py --detail   # also every stage's rows on 8 x 80 GB
+
+Inputs: params.yaml at `scale: paper` (micro-batches, sequence lengths, gradient_checkpointing where
+a section sets it), LLaMA-7B's architecture (`base_model.model.pretrained`, a known hub id). The
+plan imports no torch; the script also times one `check_stage` call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from afarm import memory_plan as mp  # noqa: E402
+from afarm.config import load_params  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=str(REPO / "params.yaml"))
+    parser.add_argument("--memory_gb", type=float, default=80.0)
+    parser.add_argument("--detail", action="store_true")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    params["scale"] = "paper"
+    arch = mp.stage_arch(params)
+    plans = []
+    for kind in mp.STAGE_MODELS:
+        for devices in (8, 4, 1):
+            plans.append(mp.plan(kind, arch, devices=devices, memory_gb=args.memory_gb, **mp.stage_inputs(kind, params)))
+    start = time.perf_counter()
+    mp.check_stage("ppo", params, devices=8, memory_gb=args.memory_gb)
+    elapsed = time.perf_counter() - start
+    print(f"LLaMA-7B: {arch.num_params() / 1e9:.3f}B parameters (LM), {arch.num_params('scalar') / 1e9:.3f}B (scalar head); "
+          f"activations: checkpointing off / on; GB = 1e9 bytes per device\n")
+    print(mp.markdown_table(plans))
+    print(f"\none check_stage call: {elapsed * 1e3:.2f} ms")
+    if args.detail:
+        for p in plans:
+            if p.devices == 8:
+                print("\n" + p.markdown())
+
+
+if __name__ == "__main__":
+    main()

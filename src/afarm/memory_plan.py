@@ -1,0 +1,444 @@
+"""Memory plan: will a stage fit on its devices? Checked before launch, from params alone.
+
+Standard library only (no torch or transformers), so a launcher can call it before heavy imports.
+``check_stage(module, params)`` is the entry point for stages; ``plan`` / ``check`` take the
+numbers directly. All sizes are bytes per device; 1 GB = 1e9 bytes.
+
+Method (for a LLaMA-style decoder: ``L`` layers, hidden ``h``, MLP ``i``, vocabulary ``V``, ``a``
+heads; micro-batch ``b`` sequences of ``s`` tokens; ``N`` devices; ``P`` a model's parameters):
+
+* Training stages shard every model with FSDP full-shard over ``N`` devices (``fully_shard`` per
+  decoder layer, then the root), fp32 master weights and bf16 compute:
+  - trained model: fp32 parameters ``4P/N``, fp32 gradients ``4P/N``, AdamW's two fp32 states ``8P/N``;
+  - frozen model (reference, reward model): bf16 parameters ``2P/N``;
+  - FSDP buffers: the root's parameters (embeddings, final norm, head; ``R``) stay gathered in bf16
+    for the step (``2R`` per model that runs; the root does not reshard after forward), a trained
+    root's bf16 gradients (``2R``), ``gathered_layers`` decoder layers in bf16 at a time (the
+    running one and the prefetched next, ``2 x layer`` each) and one layer's gradients in bf16 and
+    in the fp32 reduce-scatter copy (``6 x layer``).
+* Inference stages (generate, preference_data, best_of_n) hold each model whole in bf16 (``2P``)
+  on every device; more devices split the prompts, not the model.
+* Activations kept for backward, per decoder layer (Korthikanti et al. 2022, "Reducing Activation
+  Recomputation in Large Transformer Models", Sec. 4.1: count the bytes of every tensor autograd
+  saves; their GPT block gives ``sbh(34 + 5as/h)``; the same count for the LLaMA block as
+  Hugging Face implements it, bf16 compute, eager attention, no dropout):
+  ``A = s*b*(24h + 8i) + 2*a*s^2*b`` -- two RMSNorms (fp32 input 4sbh + bf16 normalised 2sbh each),
+  the inputs of the q/k/v, output and gate/up projections (3 x 2sbh), q, k, v after RoPE (6sbh),
+  the SwiGLU gate, SiLU, up and product tensors (4 x 2sbi), the softmax probabilities (2as^2b).
+  Without checkpointing: ``L*A``; with gradient checkpointing (per decoder layer) only each layer's
+  input (``L * 2sbh``) plus one layer recomputed in backward (``A``). Plus the head: final norm and
+  head input ``8sbh``, and for a language model the logits ``10*s*b*V`` (bf16 logits, their fp32
+  copy and the fp32 log-softmax kept for the loss). A no-grad forward inside the step (DPO's and
+  Quark's reference) adds one layer's worth of workspace ``A`` and its logits ``6*s*b*V``.
+* Generation: the KV cache ``2 * L * b * s * h_kv * 2`` bytes (K and V, bf16, ``s`` = prompt +
+  new tokens), a workspace of one layer's activations ``A`` (the prefill is the largest forward),
+  and for PPO the logits of the policy and the reference over the rollout (``2 x 6*s*b*V``).
+* Total = persistent rows (parameters, gradients, optimizer state) + the largest phase (training
+  step, rollout, generation, scoring). ``fits`` when the total is at most ``memory_gb``; an
+  "80 GB" A100 has 81920 MiB = 85.9e9 bytes, so planning against 80e9 leaves about 5.9 GB for the
+  CUDA context, NCCL buffers and allocator fragmentation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from afarm.io import InputError
+
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A LLaMA-style decoder's shape (Hugging Face config.json names in comments)."""
+
+    hidden_size: int  # hidden_size
+    num_layers: int  # num_hidden_layers
+    intermediate_size: int  # intermediate_size
+    vocab_size: int  # vocab_size (embedding rows)
+    num_heads: int  # num_attention_heads
+    num_kv_heads: int | None = None  # num_key_value_heads (None: = num_heads)
+    tie_word_embeddings: bool = False  # tie_word_embeddings (LLaMA: False)
+
+    @property
+    def kv_dim(self) -> int:
+        return self.hidden_size * (self.num_kv_heads or self.num_heads) // self.num_heads
+
+    def layer_params(self) -> int:
+        """q and o (h x h each), k and v (h x h_kv each), gate/up/down (3 x h x i), two RMSNorm weights."""
+        h = self.hidden_size
+        return 2 * h * h + 2 * h * self.kv_dim + 3 * h * self.intermediate_size + 2 * h
+
+    def root_params(self, head: str = "lm") -> int:
+        """Parameters outside the decoder layers: embeddings, final norm and the head (an untied LM
+        head ``V x h``, or a scalar head ``h``; a tied LM head adds nothing)."""
+        h = self.hidden_size
+        head_params = h if head == "scalar" else (0 if self.tie_word_embeddings else self.vocab_size * h)
+        return self.vocab_size * h + h + head_params
+
+    def num_params(self, head: str = "lm") -> int:
+        return self.num_layers * self.layer_params() + self.root_params(head)
+
+
+# Architectures of hub ids we may meet without a local folder (no network): from each id's config.json.
+KNOWN_ARCHS = {
+    # huggyllama/llama-7b config.json; LLaMA paper (Touvron et al. 2023) Table 2 for the 7B model
+    "huggyllama/llama-7b": Arch(hidden_size=4096, num_layers=32, intermediate_size=11008, vocab_size=32000, num_heads=32),
+}
+
+
+def arch_from_config(config: dict[str, Any]) -> Arch:
+    return Arch(
+        hidden_size=int(config["hidden_size"]),
+        num_layers=int(config["num_hidden_layers"]),
+        intermediate_size=int(config["intermediate_size"]),
+        vocab_size=int(config["vocab_size"]),
+        num_heads=int(config["num_attention_heads"]),
+        num_kv_heads=config.get("num_key_value_heads"),
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+    )
+
+
+def load_arch(name_or_path: str | Path) -> Arch:
+    """The architecture of a local model folder (its config.json), else of a known hub id."""
+    path = Path(name_or_path)
+    config_file = path / "config.json"
+    if config_file.is_file():
+        try:
+            return arch_from_config(json.loads(config_file.read_text(encoding="utf-8")))
+        except (ValueError, KeyError, TypeError) as err:
+            raise InputError(config_file, f"not a decoder config the memory plan can read ({err!r})") from err
+    if str(name_or_path) in KNOWN_ARCHS:
+        return KNOWN_ARCHS[str(name_or_path)]
+    raise InputError(path, f"no config.json there and not a known hub id ({', '.join(KNOWN_ARCHS)})")
+
+
+# ---------------------------------------------------------------- stage kinds
+
+
+@dataclass(frozen=True)
+class Model:
+    role: str  # policy, value, reference, reward model
+    head: str  # "lm" (vocabulary logits) or "scalar" (reward / value head)
+    trained: bool
+
+
+POLICY, REFERENCE = Model("policy", "lm", True), Model("reference", "lm", False)
+VALUE, REWARD_TRAINED, REWARD = Model("value", "scalar", True), Model("reward model", "scalar", True), Model("reward model", "scalar", False)
+FROZEN_POLICY = Model("policy", "lm", False)
+
+# Models each stage kind holds (the first trained ones are in the training graph).
+STAGE_MODELS: dict[str, tuple[Model, ...]] = {
+    "sft": (POLICY,),
+    "feedme": (POLICY,),
+    "reward_conditioning": (POLICY,),
+    "expert_iteration": (POLICY,),  # its SFT step (the best-of-n step before it is the best_of_n kind)
+    "reward_model": (REWARD_TRAINED,),
+    "dpo": (POLICY, REFERENCE),
+    "ppo": (POLICY, VALUE, REFERENCE, REWARD),  # policy and value optimised together (ActorCritic)
+    "quark": (POLICY, REFERENCE, REWARD),
+    "generate": (FROZEN_POLICY,),
+    "preference_data": (FROZEN_POLICY,),  # the paper's annotators are API models: no GPU memory
+    "best_of_n": (FROZEN_POLICY, REWARD),
+}
+INFERENCE_KINDS = {"generate", "preference_data", "best_of_n"}
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    bytes: int
+    phase: str = ""  # "" = held for the whole run; else the phase it belongs to
+    how: str = ""
+
+    @property
+    def gb(self) -> float:
+        return self.bytes / GB
+
+
+@dataclass
+class Plan:
+    stage: str
+    arch: Arch
+    devices: int
+    memory_gb: float
+    micro_batch: int
+    seq_len: int
+    gradient_checkpointing: bool
+    generation_batch: int = 0
+    generation_len: int = 0
+    rows: list[Row] = field(default_factory=list)
+    activations_full: int = 0  # the training activations without / with checkpointing (both reported)
+    activations_checkpointed: int = 0
+
+    def phase_bytes(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for row in self.rows:
+            if row.phase:
+                totals[row.phase] = totals.get(row.phase, 0) + row.bytes
+        return totals
+
+    @property
+    def peak_phase(self) -> str:
+        phases = self.phase_bytes()
+        return max(phases, key=phases.get) if phases else ""
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(r.bytes for r in self.rows if not r.phase) + max(self.phase_bytes().values(), default=0)
+
+    @property
+    def total_gb(self) -> float:
+        return self.total_bytes / GB
+
+    @property
+    def fits(self) -> bool:
+        return self.total_bytes <= self.memory_gb * GB
+
+    def get(self, name: str, phase: str | None = None) -> int:
+        """Bytes of the rows called ``name`` (in ``phase`` when given), summed."""
+        return sum(r.bytes for r in self.rows if r.name == name and (phase is None or r.phase == phase))
+
+    def summary(self) -> str:
+        """One line: the stage, the need and what is available, and the largest rows of the peak."""
+        counted = [r for r in self.rows if r.phase in ("", self.peak_phase)]
+        parts = ", ".join(f"{r.name}{f' ({r.phase})' if r.phase else ''} {r.gb:.1f}" for r in sorted(counted, key=lambda r: -r.bytes)[:4])
+        verdict = "fits" if self.fits else "does not fit"
+        shape = []
+        if self.micro_batch:
+            shape.append(f"micro-batch {self.micro_batch} x {self.seq_len} tokens, gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}")
+        if self.generation_batch:
+            shape.append(f"generation {self.generation_batch} x {self.generation_len} tokens")
+        return (
+            f"stage '{self.stage}' needs {self.total_gb:.1f} GB per device, {self.memory_gb:g} GB available "
+            f"({self.devices} x {self.memory_gb:g} GB, {', '.join(shape)}): {verdict}; largest GB: {parts}"
+        )
+
+    def markdown(self) -> str:
+        """The rows of this plan as a Markdown table."""
+        lines = [f"**{self.stage}** on {self.devices} x {self.memory_gb:g} GB", "", "| row | phase | GB per device | how |", "|---|---|---:|---|"]
+        lines += [f"| {r.name} | {r.phase or 'whole run'} | {r.gb:.2f} | {r.how} |" for r in self.rows]
+        lines.append(f"| **total** | peak: {self.peak_phase or '-'} | **{self.total_gb:.2f}** | {'fits' if self.fits else 'DOES NOT FIT'} in {self.memory_gb:g} GB |")
+        return "\n".join(lines)
+
+
+class PlanError(InputError):
+    """A stage does not fit its devices: one line naming the stage and the numbers."""
+
+    def __init__(self, plan: Plan, path: str = "params.yaml"):
+        self.plan = plan
+        super().__init__(path, f"memory plan: {plan.summary()}; lower the micro-batch, turn on gradient checkpointing or use more devices")
+
+
+# ---------------------------------------------------------------- arithmetic
+
+
+def layer_activations(arch: Arch, b: int, s: int) -> int:
+    """Bytes one decoder layer saves for backward (see the module docstring)."""
+    h, i, a = arch.hidden_size, arch.intermediate_size, arch.num_heads
+    return s * b * (24 * h + 8 * i) + 2 * a * s * s * b
+
+
+def activations(arch: Arch, head: str, b: int, s: int, checkpointing: bool) -> int:
+    """Bytes a training forward keeps for backward: decoder layers, final norm and head, logits."""
+    if checkpointing:  # each layer's input, and one layer recomputed during backward
+        layers = arch.num_layers * 2 * s * b * arch.hidden_size + layer_activations(arch, b, s)
+    else:
+        layers = arch.num_layers * layer_activations(arch, b, s)
+    logits = 10 * s * b * arch.vocab_size if head == "lm" else 0
+    return layers + 8 * s * b * arch.hidden_size + logits
+
+
+def kv_cache(arch: Arch, b: int, s: int) -> int:
+    """K and V of every layer for ``b`` sequences of ``s`` tokens, bf16."""
+    return 2 * arch.num_layers * b * s * arch.kv_dim * 2
+
+
+def plan(
+    stage_kind: str,
+    arch: Arch,
+    devices: int = 8,
+    memory_gb: float = 80.0,
+    micro_batch: int = 1,
+    seq_len: int = 512,
+    gradient_checkpointing: bool = False,
+    generation_batch: int = 0,
+    generation_len: int = 0,
+    score_batch: int = 0,
+    gathered_layers: int = 2,
+) -> Plan:
+    """The memory plan of one stage kind (a key of ``STAGE_MODELS``).
+
+    ``micro_batch`` x ``seq_len``: sequences per training forward on one device (a DPO or reward-model
+    pair counts as 2 sequences). ``generation_batch`` x ``generation_len`` (prompt + new tokens):
+    the KV cache of a rollout or generation phase (0: none). ``score_batch``: sequences per reward-model
+    forward in a scoring phase (best-of-n). All models share ``arch`` (AlpacaFarm initialises every
+    one from the same LLaMA-7B).
+    """
+    if stage_kind not in STAGE_MODELS:
+        raise ValueError(f"unknown stage kind {stage_kind!r}; known: {', '.join(STAGE_MODELS)}")
+    if devices < 1 or micro_batch < 0 or seq_len < 1:
+        raise ValueError(f"devices ({devices}) must be >= 1, micro_batch ({micro_batch}) >= 0, seq_len ({seq_len}) >= 1")
+    models = STAGE_MODELS[stage_kind]
+    p = Plan(stage_kind, arch, devices, memory_gb, micro_batch, seq_len, gradient_checkpointing, generation_batch, generation_len)
+    n, layer, A = devices, arch.layer_params(), layer_activations
+    names = lambda ms: ", ".join(m.role for m in ms)  # noqa: E731
+    trained = [m for m in models if m.trained]
+    frozen = [m for m in models if not m.trained]
+
+    if stage_kind in INFERENCE_KINDS:  # whole bf16 copies, replicated
+        params = sum(2 * arch.num_params(m.head) for m in models)
+        p.rows.append(Row("parameters", params, how=f"bf16 {names(models)}, whole on every device: 2 x P"))
+        b, s = generation_batch, generation_len
+        p.rows.append(Row("KV cache", kv_cache(arch, b, s), "generation", f"2 x L x {b} x {s} tokens x h_kv x 2 bytes"))
+        p.rows.append(Row("workspace", A(arch, b, s), "generation", f"one layer's activations at {b} x {s}"))
+        if score_batch:
+            p.rows.append(Row("workspace", A(arch, score_batch, s), "scoring", f"reward model, one layer at {score_batch} x {s}"))
+        return p
+
+    p.rows.append(Row("parameters", sum(4 * arch.num_params(m.head) // n for m in trained) + sum(2 * arch.num_params(m.head) // n for m in frozen),
+                      how=f"fp32 {names(trained)}: 4P/{n}" + (f"; bf16 {names(frozen)}: 2P/{n}" if frozen else "")))
+    p.rows.append(Row("gradients", sum(4 * arch.num_params(m.head) // n for m in trained), how=f"fp32 {names(trained)}: 4P/{n}"))
+    p.rows.append(Row("optimizer state", sum(8 * arch.num_params(m.head) // n for m in trained), how=f"AdamW exp_avg + exp_avg_sq, fp32: 8P/{n}"))
+
+    # training step: the trained models' graph, plus a no-grad reference forward (DPO, Quark)
+    nograd = [m for m in frozen if m.role == "reference" and stage_kind in ("dpo", "quark")]
+    running = trained + nograd
+    buffers = sum(2 * arch.root_params(m.head) for m in running) + sum(2 * arch.root_params(m.head) for m in trained)
+    buffers += gathered_layers * 2 * layer + 6 * layer
+    p.rows.append(Row("FSDP buffers", buffers, "train", f"bf16 roots of {names(running)} (+ their grads if trained), {gathered_layers} bf16 layers, one layer's bf16 + fp32 grads"))
+    b, s = micro_batch, seq_len
+    p.activations_full = sum(activations(arch, m.head, b, s, False) for m in trained)
+    p.activations_checkpointed = sum(activations(arch, m.head, b, s, True) for m in trained)
+    chosen = p.activations_checkpointed if gradient_checkpointing else p.activations_full
+    p.rows.append(Row("activations", chosen, "train", f"{names(trained)} at {b} x {s}, checkpointing {'on' if gradient_checkpointing else 'off'}"))
+    for m in nograd:
+        p.rows.append(Row("workspace", A(arch, b, s) + 6 * s * b * arch.vocab_size, "train", f"{m.role} no-grad forward: one layer + logits"))
+
+    if generation_batch:  # rollouts (PPO, Quark) from the sharded policy
+        b, s = generation_batch, generation_len
+        roots = sum(2 * arch.root_params(m.head) for m in models)
+        p.rows.append(Row("FSDP buffers", roots + gathered_layers * 2 * layer, "rollout", f"bf16 roots of {names(models)}, {gathered_layers} bf16 layers"))
+        p.rows.append(Row("KV cache", kv_cache(arch, b, s), "rollout", f"2 x L x {b} x {s} tokens x h_kv x 2 bytes"))
+        p.rows.append(Row("workspace", A(arch, b, s), "rollout", f"one layer's activations at {b} x {s}"))
+        if stage_kind == "ppo":  # policy (recomputed) and reference logits over the rollout, alive together
+            p.rows.append(Row("logits", 2 * 6 * s * b * arch.vocab_size, "rollout", f"policy + reference: 2 x 6 x {b} x {s} x V"))
+    return p
+
+
+def check(stage_kind: str, arch: Arch, path: str = "params.yaml", **kwargs: Any) -> Plan:
+    """``plan(...)``, raising ``PlanError`` when it does not fit."""
+    result = plan(stage_kind, arch, **kwargs)
+    if not result.fits:
+        raise PlanError(result, path)
+    return result
+
+
+def markdown_table(plans: list[Plan]) -> str:
+    """One line per plan: the rows in GB, activations with and without checkpointing, the verdict."""
+    def gb(x: int) -> str:
+        return f"{x / GB:.1f}" if x else "-"
+
+    lines = [
+        "| stage | devices | parameters | gradients | optimizer | FSDP buffers (peak phase) | activations: off / on | KV cache + logits + workspace | peak phase | total GB | fits |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|",
+    ]
+    for p in plans:
+        peak = p.peak_phase
+        gen = sum(r.bytes for r in p.rows if r.phase == peak and r.name in ("KV cache", "logits", "workspace"))
+        acts = f"{gb(p.activations_full)} / {gb(p.activations_checkpointed)}" if p.activations_full else "-"
+        lines.append(
+            f"| {p.stage} | {p.devices} x {p.memory_gb:g} GB | {gb(p.get('parameters'))} | {gb(p.get('gradients'))} | {gb(p.get('optimizer state'))} "
+            f"| {gb(p.get('FSDP buffers', peak))} | {acts} | {gb(gen)} | {peak} | {p.total_gb:.1f} | {'yes' if p.fits else '**no**'} |"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- from params.yaml
+
+# Values the plan needs that a section may leave out: upstream's, as the stages' config dataclasses.
+DEFAULTS = {
+    "query_len": 192,  # ppo_utils.py / quark_utils.py query_len=192
+    "response_len": 300,  # ppo_utils.py / quark_utils.py response_len=300
+    "step_micro_batch_size": 2,  # rlhf_ppo.sh / rlhf_quark.sh --step_per_device_batch_size 2
+    "rollout_micro_batch_size": 32,  # rlhf_ppo.sh / rlhf_quark.sh --rollout_per_device_batch_size 32
+    "batch_size": 1,  # sft.sh / reward_modeling.sh / dpo.sh --per_device_train_batch_size 1
+    "max_length": 512,  # sft.sh --model_max_length 512
+    "max_new_tokens": 300,  # examples/best_of_n.py run_decode max_new_tokens=300
+    "generation_batch_size": 4,  # examples/best_of_n.py run_decode per_device_batch_size=4
+}
+# Prompt tokens assumed at generation (prompts are not truncated there): our bound, the SFT max_length.
+PROMPT_TOKENS = 512
+# Sections holding the training recipe of SFT-like stages.
+TRAIN_SECTIONS = {"sft": "sft", "feedme": "feedme", "reward_conditioning": "reward_conditioning", "expert_iteration": "expert_iteration", "dpo": "dpo"}
+
+
+def _resolved(params: dict, name: str) -> dict:
+    from afarm.config import section
+
+    return section(params, name) if name in params else {}
+
+
+def stage_inputs(module: str, params: dict) -> dict[str, Any]:
+    """The ``plan`` keyword arguments of stage ``module`` read from params (sections resolved at the scale)."""
+    d = DEFAULTS
+    if module in TRAIN_SECTIONS:
+        train = _resolved(params, TRAIN_SECTIONS[module]).get("train", {})
+        pairs = 2 if module == "dpo" else 1  # chosen and rejected both in the graph
+        return {"micro_batch": pairs * train.get("batch_size", d["batch_size"]), "seq_len": train.get("max_length", d["max_length"]),
+                "gradient_checkpointing": bool(train.get("gradient_checkpointing", False))}
+    if module == "reward_model":
+        rm = _resolved(params, "reward_model")
+        return {"micro_batch": 2 * rm.get("batch_size", d["batch_size"]), "seq_len": rm.get("max_length", d["max_length"]),
+                "gradient_checkpointing": bool(rm.get("gradient_checkpointing", False))}
+    if module in ("ppo", "quark"):
+        rl = _resolved(params, module)
+        s = rl.get("query_len", d["query_len"]) + rl.get("response_len", d["response_len"]) + (1 if module == "quark" else 0)  # + control token
+        return {"micro_batch": rl.get("step_micro_batch_size", d["step_micro_batch_size"]), "seq_len": s,
+                "gradient_checkpointing": bool(rl.get("gradient_checkpointing", False)),
+                "generation_batch": rl.get("rollout_micro_batch_size", d["rollout_micro_batch_size"]), "generation_len": s}
+    if module in INFERENCE_KINDS:
+        sec = _resolved(params, module)
+        gen = sec if module == "generate" else sec.get("generation", {})
+        out = {"micro_batch": 0, "seq_len": 1, "generation_batch": gen.get("batch_size", d["generation_batch_size"]),
+               "generation_len": PROMPT_TOKENS + gen.get("max_new_tokens", d["max_new_tokens"])}
+        if module == "best_of_n":
+            out["score_batch"] = sec.get("score_batch_size", d["generation_batch_size"])
+        return out
+    raise KeyError(module)
+
+
+def stage_arch(params: dict, model_dir: str | Path | None = None) -> Arch:
+    """The stage's model: ``model_dir``'s config.json when given, else ``base_model.model``: its
+    ``pretrained`` folder or known hub id, or (tiny, from scratch) its architecture keys."""
+    if model_dir is not None and (Path(model_dir) / "config.json").is_file():
+        return load_arch(model_dir)
+    model = _resolved(params, "base_model").get("model", {})
+    if model.get("pretrained"):
+        try:
+            return load_arch(model["pretrained"])
+        except InputError as err:
+            raise InputError(params.get("_path", "params.yaml"), f"memory plan: {err}", field="base_model.model.pretrained") from err
+    return Arch(
+        hidden_size=model.get("hidden_size", 128), num_layers=model.get("num_layers", 4), intermediate_size=model.get("intermediate_size", 336),
+        vocab_size=model.get("vocab_size") or 2048, num_heads=model.get("num_heads", 4), tie_word_embeddings=model.get("tie_word_embeddings", True),
+    )  # defaults: afarm.models.lm.ModelConfig's tiny-scale choices
+
+
+def check_stage(module: str, params: dict, devices: int = 8, memory_gb: float = 80.0, model_dir: str | Path | None = None,
+                gradient_checkpointing: bool | None = None) -> Plan | None:
+    """Plan stage ``module`` (``afarm.stages.<module>``) from ``params`` (as ``afarm.config.load_params``
+    returns it) on ``devices`` x ``memory_gb``; raise ``PlanError`` if it does not fit. ``None`` for a
+    stage that holds no model (data, annotate, ...). ``gradient_checkpointing`` overrides params."""
+    if module not in STAGE_MODELS:
+        return None
+    kwargs = stage_inputs(module, params)
+    if gradient_checkpointing is not None:
+        kwargs["gradient_checkpointing"] = gradient_checkpointing
+    return check(module, stage_arch(params, model_dir), params.get("_path", "params.yaml"), devices=devices, memory_gb=memory_gb, **kwargs)
+
+
+__all__ = ["Arch", "KNOWN_ARCHS", "Plan", "PlanError", "Row", "check", "check_stage", "load_arch", "markdown_table", "plan"]
