@@ -128,3 +128,17 @@ def test_launcher_bytes_do_not_depend_on_the_callers_kernels_or_threads(tmp_path
     assert direct_pinned != direct_other, "the kernel path made no difference here: this test would prove nothing"
     # Through the launcher, both environments give the pinned bytes.
     assert _train(tmp_path, "lc", clean, launcher=True) == _train(tmp_path, "lo", other, launcher=True) == direct_pinned
+
+
+def test_a_plan_that_does_not_fit_stops_before_any_work(tmp_path):
+    """PPO's four 7B models on one 80 GB device: one clear line, exit 2, nothing started (no torch)."""
+    p = params(tmp_path, {"device_memory_gb": 80, "processes": 1}, scale="paper")
+    with pytest.raises(InputError, match="stage 'ppo' needs .* GB per device, 80 GB available"):
+        _launch.check_memory("ppo", p)
+    assert _launch.check_memory("annotate", p) is None  # holds no model
+    out = tmp_path / "ppo_model"
+    argv = [sys.executable, "-X", "importtime", "-m", "afarm.stages", "ppo", "--params", str(tmp_path / "params.yaml"), "--out", str(out)]
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    assert result.returncode == 2 and len(errors) == 1 and "memory plan: stage 'ppo'" in errors[0], errors
+    assert "| torch\n" not in result.stderr and not out.exists()  # stopped before importing torch or writing

@@ -17,6 +17,10 @@ that decides the stage's bytes, and replaces itself (``exec``) with the stage mo
   processes (``torch.distributed.run``, one per device; ``per_device`` = the GPUs the stage
   table reserves at this scale). The stage process checks that it got exactly that many
   (``afarm.stages._cli``): a stage asked for N processes that finds itself alone stops.
+* ``device_memory_gb``: before anything starts, the stage's memory plan (``afarm.memory_plan``:
+  parameters, gradients, optimizer state, activations and KV cache per device under its
+  sharding over its processes) must fit; one that does not stops with one line naming the stage
+  and the numbers, instead of running out of memory an hour later.
 
 Running a stage module directly (``python -m afarm.stages.sft``) skips this: fine for a quick
 look, but only the launcher's environment is the pipeline's.
@@ -52,6 +56,9 @@ class LaunchConfig:
     processes: int | str = 1  # processes of a distributed stage: an integer, or "per_device"
     backend: str = "gloo"  # torch.distributed backend: "gloo" (CPU) or "nccl" (GPUs)
     timeout_s: int = 120  # a collective that waits longer fails (a hung rank stops the stage)
+    # Memory of one device in GB: when set, the stage's memory plan (afarm.memory_plan) must fit on
+    # its devices before anything starts; None skips the check (CPU runs).
+    device_memory_gb: float | None = None
 
 
 def launch_config(params: dict) -> LaunchConfig:
@@ -104,6 +111,17 @@ def command(module: str, argv: list[str], params: dict) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", *stage]
 
 
+def check_memory(module: str, params: dict):
+    """The stage's memory plan on its devices (None when ``device_memory_gb`` is unset or the stage
+    holds no model); raises ``afarm.memory_plan.PlanError`` when it does not fit."""
+    cfg = launch_config(params)
+    if cfg.device_memory_gb is None:
+        return None
+    from afarm import memory_plan
+
+    return memory_plan.check_stage(module, params, devices=processes(module, params), memory_gb=cfg.device_memory_gb)
+
+
 def params_path(argv: list[str]) -> str:
     """The ``--params`` value among a stage's flags (every stage takes it; default params.yaml)."""
     for i, arg in enumerate(argv):
@@ -127,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         params = load_params(params_path(rest))
         cmd, env = command(module, rest, params), environment(params)
+        check_memory(module, params)
     except InputError as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         sys.exit(2)
