@@ -61,6 +61,7 @@ def merge(base: dict, extra: dict) -> dict:
 def env(cwd: Path | None = None, **extra: str) -> dict:
     """The test environment; in a workspace, ``afarm`` is imported from the workspace's own
     src/ (not the editable install), so a run uses exactly the code that was copied."""
+    # No PYTHONHASHSEED or thread variables of our own: stages get them from the launcher, as users do.
     out = dict(os.environ)
     if cwd is not None and (Path(cwd) / "src" / "afarm").is_dir():
         out["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(cwd) / "src"), out.get("PYTHONPATH", "")) if p)
@@ -68,7 +69,7 @@ def env(cwd: Path | None = None, **extra: str) -> dict:
     out["PATH"] = bin_dir + os.pathsep + out.get("PATH", "")
     out.update(
         GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com", GIT_COMMITTER_NAME="test",
-        GIT_COMMITTER_EMAIL="test@example.com", DVC_NO_ANALYTICS="1", PYTHONHASHSEED="0",
+        GIT_COMMITTER_EMAIL="test@example.com", DVC_NO_ANALYTICS="1",
     )
     out.update(extra)
     return out

@@ -11,15 +11,18 @@ real tiny run, never code. Then:
    directory remote;
 3. a fresh ``git clone`` + ``dvc pull`` + ``snakemake --touch``: neither ``dvc status`` nor
    ``snakemake -n`` wants to recompute anything;
-4. another fresh clone runs the DAG from scratch with ``dvc repro``: every output has the
-   same hash as the Snakemake run (bit-for-bit reproducible), and a second ``dvc repro``
-   is a no-op.
+4. another fresh clone runs the DAG from scratch with ``dvc repro`` and its own empty
+   annotation cache: every output has the same hash as the Snakemake run (bit-for-bit
+   reproducible, with no test-only environment: no PYTHONHASHSEED or thread variables are set
+   here; the stage launcher sets them for every engine), and a second ``dvc repro`` is a no-op.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+
+import yaml
 
 import pytest
 
@@ -70,8 +73,13 @@ def test_reduced_tiny_dag_with_snakemake_dvc_push_pull_and_repro(repo, shared, t
     assert (clone / "results" / "REPORT.md").read_text() == (work / "results" / "REPORT.md").read_text()
 
     # 4. dvc repro from scratch in another clone gives the same bytes; a rerun is a no-op.
+    #    It gets its own empty annotation cache: every judgement is made again, as on a user's machine.
     fresh = tmp_path / "fresh"
     sh(f"git clone -q {work} {fresh}", tmp_path)
+    params = yaml.safe_load((fresh / "params.yaml").read_text())
+    params["paths"]["cache_dir"] = str(tmp_path / "fresh-annotation-cache")
+    (fresh / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh("dvc repro -q", fresh)
+    assert (tmp_path / "fresh-annotation-cache").is_dir()
     assert out_hashes(fresh / "dvc.lock") == out_hashes(work / "dvc.lock")
     assert "up to date" in sh("dvc repro", fresh) or "didn't change" in sh("dvc repro", fresh)
