@@ -69,7 +69,7 @@ def both(glm, lc_files):
     return ours, upstream
 
 
-def test_inputs_are_the_stage_files(lc_files):
+def test_inputs_are_the_stage_files(glm, lc_files):
     # upstream takes the difficulty from the gamed file's first model; it must be the stage's difficulty
     difficulty_csv, gamed_csv = lc_files
     gamed = pd.read_csv(gamed_csv)
