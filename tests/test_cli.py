@@ -67,8 +67,8 @@ def test_leaderboard_from_bundle_layout_rebuilds_upstream_lc(tmp_path, capsys):
     official = bundle.load_leaderboard(BUNDLE)
     cols = ["win_rate", "standard_error", "n_wins", "n_draws", "n_total", "discrete_win_rate", "avg_length"]
     assert ((table.loc[models, cols] - official.loc[models, cols]).abs() < 2e-6).all().all()
-    # LC with the rebuilt upstream inputs = upstream alpaca_eval 0.6.6 fed the same inputs (recorded
-    # values; tests/test_upstream_equality.py recomputes them with upstream and compares ours at 1e-10)
+    # LC with the rebuilt upstream inputs = upstream alpaca_eval 0.6.6 fed the same inputs (values recorded
+    # from upstream; tests/test_upstream_equality.py recomputes them with upstream and re-checks them)
     for model, value in GOLDEN_LC.items():
         assert table.loc[model, "lc_win_rate"] == pytest.approx(value, abs=GOLDEN_LC_TOL)
     assert table.loc["gpt4_1106_preview", "lc_win_rate"] == 50.0

@@ -22,7 +22,6 @@ BOARD = BUNDLE / "src/alpaca_eval/leaderboards/data_AlpacaEval_2/weighted_alpaca
 WEIGHTS = BUNDLE / "src/alpaca_eval/metrics/weights/weighted_alpaca_eval_gpt4_turbo/length_controlled_v1/baseline_gpt4_1106_preview.csv"
 
 
-
 def _repro_args(lc_dir: Path, out: Path) -> list[str]:
     return ["--shared_data_results", str(RESULTS), "--leaderboard", str(BOARD),
             "--instruction_difficulty", str(lc_dir / "instruction_difficulty.csv"), "--gamed", str(lc_dir / "gamed.csv"),
@@ -77,8 +76,8 @@ def test_reproduction_outputs_and_metrics(repro_out):
     assert metrics["median_abs_delta"] < 0.25 and metrics["max_abs_delta"] < 1.6
     assert metrics["raw_max_abs_delta"] < 1e-6
     table = pd.read_csv(repro_out / "r.csv", index_col="generator")
-    # upstream alpaca_eval 0.6.6 get_length_controlled_winrate fed the same rebuilt inputs (recorded
-    # values; tests/test_upstream_equality.py recomputes them with upstream and compares ours at 1e-10)
+    # upstream alpaca_eval 0.6.6 get_length_controlled_winrate fed the same rebuilt inputs (values recorded
+    # from upstream; tests/test_upstream_equality.py recomputes them with upstream and re-checks them)
     for model, value in GOLDEN_LC.items():
         assert table.loc[model, "lc_win_rate"] == pytest.approx(value, abs=GOLDEN_LC_TOL)
     delta = (table["lc_win_rate"] - table["official_lc_win_rate"]).dropna()
