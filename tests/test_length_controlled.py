@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from afarm.metrics import bundle
 from afarm.metrics import length_controlled as lc
+import upstream_reference as up
 
 BUNDLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_eval"
 
@@ -85,42 +87,42 @@ def test_group_kfold_folds_by_hand():
     assert lc.upstream_cs(10)[[0, 5, 9]] == pytest.approx([1e-4, 2.782559402207126, 1e4])
 
 
-def _synthetic(n, seed, noiseless=False):
-    rng = np.random.default_rng(seed)
-    X = np.column_stack([np.tanh(rng.normal(size=n)), rng.normal(size=n), (np.arange(n) >= n // 3).astype(float)])
-    y = lc.logistic(X @ np.array([-1.2, 0.7, -0.5]) + rng.normal(scale=1.5, size=n))
-    y = lc.logistic(X @ np.array([-1.2, 0.7, -0.5])) if noiseless else np.round(y, 2)
-    return X, y, np.where(X[:, 2] == 1, 1.0, 0.1)
+@pytest.fixture(scope="module")
+def upstream_glm():
+    """Upstream's glm_winrate module, or None: then the recorded GOLDEN_* values are the reference
+    (tests/test_upstream_equality.py checks those against upstream, and errors under CI if it is missing)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return up.import_glm()
 
 
-# Reference values: alpaca_eval 0.6.6 glm_winrate.fit_LogisticRegressionCV (scikit-learn 1.9.1,
-# liblinear) on the same arrays (as a DataFrame with a "preference" column, sample_weight=w).
-UPSTREAM_CV = [
-    ((240, 0, False), 2.782559402207126, [-0.8162414934986483, 0.44744152755062483, -0.36474407151977667]),
-    ((300, 1, True), 10000.0, [-1.1999728745667677, 0.6999628948426974, -0.4999767442821618]),
-    ((300, 6, False), 21.54434690031882, [-0.7529137195480039, 0.5799750726604695, -0.30475142591751264]),
-    ((300, 14, False), 166.81005372000558, [-0.7051256473604997, 0.4216804667846359, -0.4652947620325618]),
-]
-
-
-@pytest.mark.parametrize("args,C,coef", UPSTREAM_CV)
-def test_l1_cv_matches_upstream_sklearn_fit(args, C, coef):
-    X, y, w = _synthetic(*args)
+@pytest.mark.parametrize("args,C,coef", up.GOLDEN_CV)
+def test_l1_cv_matches_upstream_sklearn_fit(args, C, coef, upstream_glm):
+    X, y, w = up.synthetic(*args)
+    if upstream_glm is not None:  # upstream's fit_LogisticRegressionCV (scikit-learn liblinear) itself
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            coef, C = up.upstream_fit_cv(upstream_glm, X, y, w)
     ours, ours_C = lc.fit_l1_cv(X, y, w, lc.LCConfig())
     assert ours_C == C
     np.testing.assert_allclose(ours, coef, atol=1e-10)
 
 
-def test_liblinear_replay_single_fit_and_exact_solver():
-    X, y, w = _synthetic(240, 0)
-    # sklearn LogisticRegression(C=0.359.., penalty="l1", solver="liblinear", fit_intercept=False,
-    # random_state=123) on the duplicated rows (weights y*w and (1-y)*w)
-    C = lc.upstream_cs(10)[4]
+def test_liblinear_replay_single_fit_and_exact_solver(upstream_glm):
+    X, y, w = up.synthetic(*up.GOLDEN_LIBLINEAR_ARGS)
+    # one liblinear fit as upstream runs it (n_splits=0): sklearn LogisticRegression(C=0.359..,
+    # penalty="l1", solver="liblinear", fit_intercept=False, random_state=123) on the duplicated rows
+    C = lc.upstream_cs(10)[up.GOLDEN_LIBLINEAR_C_INDEX]
+    reference = up.GOLDEN_LIBLINEAR
+    if upstream_glm is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reference = up.upstream_fit_single(upstream_glm, X, y, w, C)
     seed = lc.liblinear_seeds(123, 1)[0]
-    np.testing.assert_allclose(lc.fit_l1_liblinear(X, y, w, C, seed),
-                               [-0.62308530323767, 0.36024958210397506, -0.27847380488238704], atol=1e-10)
+    np.testing.assert_allclose(lc.fit_l1_liblinear(X, y, w, C, seed), reference, atol=1e-10)
     # liblinear stops at tol 1e-4; the exact solver lands within that tolerance of it
     np.testing.assert_allclose(lc.fit_l1_logistic(X, y, w, C), lc.fit_l1_liblinear(X, y, w, C, seed), atol=2e-3)
+
 
 def test_length_term_is_removed_at_zero_length_difference():
     # the model wins exactly when it is longer; with difficulty 0 and p = logistic(-2 tanh(sdl))
@@ -188,7 +190,7 @@ def test_lc_with_rebuilt_inputs_vs_official(ae2):
     # Measured (docs/length_controlled.md, default fitter l1_cv = upstream's): weights-based
     # rebuild: median 0.180, max 1.49 (claude-2), 15/48 within 0.1; annotations-only rebuild
     # (noreg): median 0.67, max 16.9 (gpt4_gamed). The 0.1 target is not reached without
-    # upstream's hub files (the fitter itself equals upstream's to 1e-12, bench/bench_winrate.py).
+    # upstream's hub files (the fitter itself equals upstream's to 1e-10, tests/test_upstream_equality.py).
     ours, delta = _compare(annotations, board, "weights")
     assert delta.median() < 0.25 and delta.max() < 1.6
     common = [m for m in ours.index if m in weights.index and m != "gpt4_1106_preview"]
