@@ -7,6 +7,12 @@ from afarm.config import load_params, section
 from afarm.dag import STAGES, final_targets, is_directory, stage_params
 from afarm.stages._cli import check_params
 
+if config:  # --config / --configfile: the stages read params.yaml, so an override would be silently ignored
+    raise ValueError(
+        f"snakemake --config/--configfile is not supported (got {sorted(config)}): every stage reads params.yaml; "
+        "edit params.yaml, or use `dvc exp run -S key=value` for a sweep"
+    )
+
 PARAMS = load_params("params.yaml")
 check_params(PARAMS)  # unknown sections / paths keys fail here, before any job starts
 SCALE = PARAMS["scale"]

@@ -47,3 +47,12 @@ def test_paper_params_resolve_to_the_papers_values(paper_workspace):
     assert (generate["temperature"], generate["top_p"], generate["max_new_tokens"], generate["do_sample"]) == (0.7, 0.9, 300, True)
     by_name = {s.name: s for s in dag.STAGES}
     assert all(by_name[n].resources("paper").gpus >= 1 for n in ("sft", "ppo_sim", "dpo_sim", "reward_model_sim"))
+
+
+def test_snakemake_config_overrides_are_refused_not_ignored(paper_workspace):
+    """`--config scale=tiny` would change nothing (the stages read params.yaml): it stops with one line."""
+    from pipeline_helpers import run
+
+    result = run("snakemake -n --cores 1 --config scale=tiny", paper_workspace, check=False)
+    assert result.returncode != 0
+    assert "--config/--configfile is not supported (got ['scale'])" in result.stdout + result.stderr
