@@ -1,6 +1,10 @@
 """Bad inputs to every stage: one clear error line naming what and where, exit code 2,
 and nothing already produced is lost.
 
+This file covers data, base_model, generate, annotate and leaderboard (and params.yaml and the
+``afarm`` CLI); test_bad_input_stages.py covers every other stage module, as the stage table
+runs it (a test there checks that together the two cover every stage module of the DAG).
+
 Each case writes valid inputs, then breaks one thing, puts a "previous run" file at every
 output path, runs the stage (in-process through its real entry point ``_cli.run``; two
 cases as real ``python -m`` subprocesses) and checks:
@@ -185,9 +189,9 @@ CASES: dict[str, tuple[str, str, Callable[[Workspace], object], tuple[str, ...]]
     "annotate/empty_list": ("annotate", "outputs", lambda w: [], ("outputs.json", f"{EVAL_ROWS} of {EVAL_ROWS} evaluation instructions have no output")),
     "annotate/non_utf8_outputs": ("annotate", "outputs", lambda w: json.dumps(_outputs(w.eval_rows)).encode().replace(b"answer 1", b"answer \xff"), ("outputs.json", "not valid UTF-8")),
     "annotate/unknown_instruction": ("annotate", "outputs", lambda w: _outputs(w.eval_rows)[:-1] + [{**_outputs(w.eval_rows)[-1], "instruction": "not in the set"}], ("outputs.json", "evaluation instructions have no output")),
-    "leaderboard/bad_preference": ("leaderboard", "annotations", lambda w: [{**a, "preference": "first"} for a in _annotations(w.eval_rows)], ("annotations.json", "preference")),
+    "leaderboard/bad_preference": ("leaderboard", "annotations", lambda w: [{**a, "preference": "first"} for a in _annotations(w.eval_rows)], ("annotations.json", "row 0", "field 'preference'", "'first'")),
     "leaderboard/missing_generator_2": ("leaderboard", "annotations", lambda w: [{k: v for k, v in a.items() if k != "generator_2"} for a in _annotations(w.eval_rows)], ("annotations.json", "row 0", "field 'generator_2'")),
-    "leaderboard/preference_out_of_range": ("leaderboard", "annotations", lambda w: [{**a, "preference": 7} for a in _annotations(w.eval_rows)], ("annotations.json", "preference")),
+    "leaderboard/preference_out_of_range": ("leaderboard", "annotations", lambda w: [{**a, "preference": 7} for a in _annotations(w.eval_rows)], ("annotations.json", "row 0", "field 'preference'", "7.0 is outside [1, 2]")),
     "leaderboard/empty_annotations": ("leaderboard", "annotations", lambda w: [], ("annotations.json",)),
 }
 # Gaps found by this suite in modules owned by others (fix there, then drop the mark).

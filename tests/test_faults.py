@@ -12,7 +12,7 @@ unwritable results folder, a full disk.
 * Unwritable results folder (a read-only bind mount if we may mount, and a path whose parent
   is a regular file, which root cannot write either) and full disk (a 64 KiB tmpfs if we may
   mount, else ENOSPC injected into the write): one error line naming the path, exit code 1,
-  the previous output intact, no temporary file left.
+  every previous output intact (a stage commits its outputs together), no temporary file left.
 """
 
 from __future__ import annotations
@@ -250,8 +250,9 @@ def test_full_disk_keeps_the_previous_output(tmp_path, shared, capsys, monkeypat
         code, err = _leaderboard_run(tmp_path, shared, out, capsys)
         line = _error_line(err)
         assert code == 1 and "cannot write" in line and str(out) in line and "disk is full" in line, line
-        assert (out / "lb.csv").read_text() == "previous\n" or "lb.csv" not in line
-        assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+        # outputs are committed together: the failed stage replaced none of them, wrote no new one
+        assert (out / "lb.csv").read_text() == "previous\n"
+        assert sorted(p.name for p in out.iterdir()) == ["filler", "lb.csv"]
 
 
 def test_output_error_names_path_and_keeps_old_file(tmp_path, monkeypatch):

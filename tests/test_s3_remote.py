@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_helpers import built_workspace, clone_workspace, sh
+from pipeline_helpers import built_workspace, clone_workspace, run, sh
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +80,7 @@ def test_team_shared_cache_dir_needs_no_download(repo, shared, tmp_path, tmp_pat
     work = clone_workspace(built_workspace(repo, shared, tmp_path_factory), tmp_path / "work")
     team_cache = tmp_path / "team-cache"
     sh(f"dvc cache dir {team_cache} && dvc config cache.shared group && dvc config cache.type symlink,hardlink,copy", work)
-    sh("dvc push -q -r nowhere 2>/dev/null || true", work)  # no remote needed at all below
+    assert run("dvc remote list", work).stdout.strip() == ""  # no remote at all: nothing below can be downloaded
     # move this clone's objects into the shared cache (what `dvc cache migrate`-style setups do once)
     sh("dvc commit -f -q && dvc checkout -q --relink", work)
     assert len(_cache_files_in(team_cache)) >= len(_cache_files(work)) > 10
@@ -89,6 +89,7 @@ def test_team_shared_cache_dir_needs_no_download(repo, shared, tmp_path, tmp_pat
     other = tmp_path / "other"
     sh(f"git clone -q {work} {other}", tmp_path)
     assert f"{team_cache}" in sh("dvc cache dir", other)
+    assert run("dvc remote list", other).stdout.strip() == ""
     sh("dvc checkout -q", other)  # from the shared cache: no remote is configured
     assert "up to date" in sh("dvc status", other)
     target = other / "models" / "sft" / "model.safetensors"

@@ -2,7 +2,9 @@
 
 * Every file a stage produces is written to a temporary name in the same folder
   and renamed into place, so an interrupted stage never leaves a file that looks
-  finished (``atomic_write``, ``atomic_dir``).
+  finished (``atomic_write``, ``atomic_dir``). Inside ``outputs_together`` (every stage
+  runs in one) the renames wait until all outputs are written, so a stage that fails
+  half-way leaves every earlier output as it was, not a mix of old and new files.
 * Every record file we read is validated row by row; a problem raises
   ``InputError`` naming the file, the row and the field.
 * An output that cannot be written (unwritable or missing folder, full disk) raises
@@ -86,10 +88,79 @@ def _make_parent(path: Path) -> None:
 # ---------------------------------------------------------------- writing
 
 
+# Open ``outputs_together`` blocks, innermost last: each holds (temporary, final path, is a folder)
+# for the outputs written so far, to be renamed into place when the outermost block succeeds.
+_PENDING: list[list[tuple[Path, Path, bool]]] = []
+
+
+@contextlib.contextmanager
+def outputs_together() -> Iterator[None]:
+    """Commit every output written in the block together, or none.
+
+    ``atomic_write`` / ``atomic_dir`` inside the block write and fsync their temporary as usual
+    but keep it under its temporary name; when the block ends without an error they are all
+    renamed into place (in the order written), otherwise all are removed and every earlier
+    output is left as it was. A file written into a folder that is still pending goes into
+    that folder's temporary copy. Outputs cannot be read back inside the block.
+    """
+    batch: list[tuple[Path, Path, bool]] = []
+    _PENDING.append(batch)
+    try:
+        yield
+    except BaseException:
+        _discard(batch)
+        raise
+    finally:
+        assert _PENDING[-1] is batch
+        _PENDING.pop()
+    if _PENDING:  # nested: the outer block commits
+        _PENDING[-1].extend(batch)
+        return
+    for k, (tmp, path, is_dir) in enumerate(batch):
+        try:
+            _swap_dir(tmp, path) if is_dir else os.replace(tmp, path)
+        except OSError as err:
+            _discard(batch[k:])
+            raise _as_output_error(path, err) from err
+
+
+def _discard(batch: list[tuple[Path, Path, bool]]) -> None:
+    for tmp, _, is_dir in batch:
+        if is_dir:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _inside_pending_folder(path: Path) -> Path:
+    """``path`` redirected into the temporary copy of a pending output folder that holds it, if any."""
+    absolute = Path(os.path.abspath(path))
+    for batch in _PENDING:
+        for tmp, final, is_dir in batch:
+            if is_dir and Path(os.path.abspath(final)) in absolute.parents:
+                return tmp / absolute.relative_to(os.path.abspath(final))
+    return path
+
+
+def _swap_dir(tmp: Path, path: Path) -> None:
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[Any]:
-    """Open a temporary file beside ``path``; rename it onto ``path`` only on success."""
-    path = Path(path)
+    """Open a temporary file beside ``path``; rename it onto ``path`` only on success
+    (inside ``outputs_together``: when the whole block succeeds)."""
+    target = _inside_pending_folder(Path(path))
+    defer = bool(_PENDING) and target == Path(path)  # a file inside a pending folder goes with the folder
+    path = target
     _make_parent(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -102,7 +173,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        if defer:
+            _PENDING[-1].append((Path(tmp), path, False))
+        else:
+            os.replace(tmp, path)
     except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -113,7 +187,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``path``; it replaces ``path`` only on success."""
+    """Yield an empty temporary folder beside ``path``; it replaces ``path`` only on success
+    (inside ``outputs_together``: when the whole block succeeds)."""
     path = Path(path)
     _make_parent(path)
     try:
@@ -123,14 +198,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+        if _PENDING:
+            _PENDING[-1].append((tmp, path, True))
         else:
-            os.replace(tmp, path)
+            _swap_dir(tmp, path)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, OSError) and (err.filename is None or str(tmp) in str(err.filename) or str(path.parent) in str(err.filename)):

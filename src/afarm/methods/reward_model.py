@@ -40,7 +40,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from afarm.data.preferences import chosen_rejected
 from afarm.io import atomic_dir
-from afarm.models.lm import torch_threads
+from afarm.models.lm import check_model_folder, torch_threads
 from afarm.models.prompts import format_prompt
 from afarm.models.train import tokenize_example, training_order
 
@@ -101,6 +101,7 @@ def init_reward_model(sft_path_or_model, tokenizer, seed: int) -> PreTrainedMode
     torch.manual_seed(seed)
     try:
         if isinstance(sft_path_or_model, (str, os.PathLike)):
+            check_model_folder(sft_path_or_model)
             model = AutoModelForSequenceClassification.from_pretrained(sft_path_or_model, num_labels=1, dtype="auto")
         else:  # an in-memory causal LM: same architecture, its weights, a new head
             values = {k: v for k, v in sft_path_or_model.config.to_dict().items() if k not in ("id2label", "label2id")}
@@ -286,6 +287,7 @@ def save_reward_model(model: PreTrainedModel, tokenizer, path: str | os.PathLike
 
 def load_reward_model(path: str | os.PathLike) -> tuple[PreTrainedModel, object]:
     """(model, tokenizer) from a folder written by ``save_reward_model``; the model is in eval mode."""
+    check_model_folder(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype="auto")
     tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()

@@ -12,6 +12,10 @@ Objective (upstream's ``LogisticRegressionCV(penalty="l1", solver="liblinear")``
 Plus the pieces of scikit-learn's cross-validation that upstream relies on:
 :func:`group_kfold_test_folds`, :func:`upstream_cs`, :func:`liblinear_seeds`. scikit-learn
 is not a dependency; the tests pin these against numbers it produced.
+
+:func:`fit_l1_liblinear` is a port of LIBLINEAR's ``solve_l1r_lr`` (BSD-3-Clause, Copyright (c)
+2007-2014 The LIBLINEAR Project) as bundled with scikit-learn: the copyright notices and licence
+texts are in THIRD_PARTY_NOTICES.md at the repository root.
 """
 
 from __future__ import annotations

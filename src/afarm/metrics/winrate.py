@@ -71,7 +71,7 @@ def check_preferences(preference: np.ndarray, path: str) -> None:
     bad = ~(np.isnan(pref) | (pref == 0) | ((pref >= 1) & (pref <= 2)))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise InputError(path, f"preference {pref[row]!r} is outside [1, 2] ({int(bad.sum())} such rows)",
+        raise InputError(path, f"preference {float(pref[row])!r} is outside [1, 2] ({int(bad.sum())} such rows)",
                          row=row, field="preference")
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
-from afarm.io import atomic_dir
+from afarm.io import InputError, atomic_dir, read_json
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -90,8 +91,25 @@ def save_model(model: PreTrainedModel, tokenizer, path: str | os.PathLike) -> No
         tokenizer.save_pretrained(tmp)
 
 
+def check_model_folder(path: str | os.PathLike) -> None:
+    """A model folder that exists must hold a readable ``config.json`` (else ``InputError`` naming it:
+    an interrupted copy is the usual cause). A path that does not exist is left to the loader
+    (it may be a hub id)."""
+    folder = Path(path)
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise InputError(folder, "expected a model folder, found a file")
+    config = folder / "config.json"
+    if not config.is_file():
+        raise InputError(folder, "not a model folder: config.json is missing")
+    if not isinstance(read_json(config), dict):  # malformed JSON names the file, line and column
+        raise InputError(config, "expected a JSON object")
+
+
 def load_model(path: str | os.PathLike, dtype: str | None = None) -> tuple[PreTrainedModel, object]:
     """Load (model, tokenizer) from a folder written by ``save_model`` (or any HF checkpoint folder)."""
+    check_model_folder(path)
     kwargs = {"dtype": _dtype(dtype)} if dtype else {"dtype": "auto"}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -7,7 +7,8 @@ sections and keys, wrong types) ends the stage with one line naming the file, ro
 field, and exit code 2 (so does an input a library cannot open, e.g. a broken model folder);
 an output that cannot be written (unwritable folder, full disk)
 or a judge that fails for good ends it with one line and exit code 1. Outputs are
-written atomically, so nothing half-written is left behind and earlier outputs survive.
+written atomically and committed together (``afarm.io.outputs_together``): nothing
+half-written is left behind, and a stage that fails leaves every earlier output as it was.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 from typing import Callable, Iterator
 
 from afarm.config import PathsConfig, check_sections, load_params, stage_config
-from afarm.io import InputError, OutputError
+from afarm.io import InputError, OutputError, outputs_together
 from afarm.stages import _launch
 
 
@@ -53,7 +54,7 @@ def run(main: Callable[[argparse.Namespace, dict], None], p: argparse.ArgumentPa
     try:
         params = load_params(args.params)
         check_params(params)
-        with _processes(_stage_module(main), params):
+        with _processes(_stage_module(main), params), outputs_together():
             main(args, params)
     except InputError as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)

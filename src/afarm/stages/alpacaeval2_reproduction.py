@@ -107,11 +107,11 @@ def plot(rows: list[dict], path: str | Path) -> None:
 
 def main(args, params) -> None:
     root = Path(args.shared_data_results).parent
+    inputs = bundle.read_lc_inputs(args.instruction_difficulty, args.gamed)  # the small files first
+    board = bundle.read_leaderboard_csv(args.leaderboard)
     annotations = bundle.load_all_annotations(root, bundle.AE2_ANNOTATOR)
     if not annotations:
         raise InputError(args.shared_data_results, f"no */{bundle.AE2_ANNOTATOR}/annotations.json(.gz) files")
-    inputs = bundle.read_lc_inputs(args.instruction_difficulty, args.gamed)
-    board = bundle.read_leaderboard_csv(args.leaderboard)
     rows, metrics = compare(leaderboard_rows(annotations, inputs, lookup="position"), board)
     write_csv(rows, args.csv, columns=COLUMNS)
     write_text(args.markdown, markdown(rows, metrics))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from afarm.io import write_json
+from afarm.io import InputError, write_json
 from afarm.metrics import bundle
 from afarm.stages._cli import parser, run
 
@@ -29,14 +29,13 @@ log = logging.getLogger("afarm.stages.instruction_difficulty")
 def main(args, params) -> None:
     results = Path(args.shared_data_results)
     root = results.parent  # bundle loaders take the folder that holds results/
+    weights = bundle.read_lc_weights_csv(args.weights)  # the small files first: a bad one fails at once
+    board = bundle.read_leaderboard_csv(args.leaderboard)
     annotations = bundle.load_all_annotations(root, args.annotator)
     if not annotations:
-        from afarm.io import InputError
         raise InputError(results, f"no */{args.annotator}/annotations.json(.gz) files")
     ref_outputs = bundle.load_model_outputs(root, args.reference)
     gamed_outputs = {args.reference + s: bundle.load_model_outputs(root, args.reference + s) for s in bundle.GAMED_SUFFIXES}
-    weights = bundle.read_lc_weights_csv(args.weights)
-    board = bundle.read_leaderboard_csv(args.leaderboard)
     inputs = bundle.rebuild_lc_inputs(annotations, ref_outputs, gamed_outputs, weights, board, "weights")
     bundle.write_lc_inputs(inputs, args.out, args.gamed)
     g = inputs.gamed

@@ -25,10 +25,10 @@ class SFTConfig:
 
 def main(args, params) -> None:
     cfg = stage_config(params, "sft", SFTConfig)
-    model, tokenizer = load_model(args.base_model)
-    validation = read_examples(args.validation)
-    before = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
+    validation = read_examples(args.validation)  # the data first: a bad file fails before any model loads
     train = [example for path in args.sft for example in read_examples(path)][: args.max_examples]
+    model, tokenizer = load_model(args.base_model)
+    before = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
     stats = train_causal_lm(model, tokenizer, train, cfg.train, response_only=True)
     after = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
     save_model(model, tokenizer, args.out)
