@@ -16,11 +16,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from afarm import distributed
 from afarm.config import load_params
-from afarm.methods.reward_model import init_reward_model, save_reward_model
+from afarm.methods.best_of_n import BestOfNConfig, load_for_scoring, score_data_parallel
+from afarm.methods.reward_model import init_reward_model, save_reward_model, score
+from afarm.models.generate import GenerationConfig, generate, generate_samples, load_for_generation
 from afarm.models.lm import ModelConfig, build_model, save_model
 from afarm.models.prompts import format_prompt
 from afarm.models.tokenizer import train_tokenizer
@@ -71,6 +74,52 @@ def workspace(tmp_path_factory):
         data["paths"] = {"shared_data": str(root), "cache_dir": str(root / f"cache{processes}")}
         (root / f"p{processes}.yaml").write_text(yaml.safe_dump(data))
     return root
+
+
+def _shares(monkeypatch, run) -> list[dict]:
+    """What each of two simulated ranks computes when ``run()`` goes data-parallel (before the merge)."""
+    shares: list[dict] = []
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    for r in (0, 1):
+        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        monkeypatch.setattr(distributed, "merge_from_ranks", lambda local: shares.append(local) or _Everything())
+        run()
+    monkeypatch.undo()
+    assert shares[0] and shares[1] and not shares[0].keys() & shares[1].keys()
+    return shares
+
+
+class _Everything(dict):
+    def __missing__(self, key):
+        return 0.0
+
+
+def test_each_rank_computes_exactly_what_one_process_computes_for_its_batches(workspace, monkeypatch):
+    model, tok = load_for_generation(workspace / "sft", GenerationConfig())
+    rm, rm_tok = load_for_scoring(workspace / "rm", BestOfNConfig())
+    prompts = [format_prompt(i) for i in INSTRUCTIONS]
+    cfg = GenerationConfig(**{**SAMPLING, "batch_size": 2, "num_samples": 2})  # 14 samples: 7 batches
+    alone = generate_samples(model, tok, prompts, cfg)
+    shares = _shares(monkeypatch, lambda: generate_samples(model, tok, prompts, cfg))
+    assert {**shares[0], **shares[1]} == {(i, j): alone[i][j] for i in range(len(prompts)) for j in range(2)}
+    responses = [s for per in alone for s in per]
+    flat = [p for p in prompts for _ in range(2)]
+    rewards = score(rm, rm_tok, flat, responses, 4)  # 14 pairs: 4 batches
+    shares = _shares(monkeypatch, lambda: score_data_parallel(rm, rm_tok, flat, responses, 4))
+    merged = {**shares[0], **shares[1]}
+    assert torch.equal(torch.tensor([merged[i] for i in range(len(flat))]), rewards)  # bit for bit
+
+
+def test_sampler_and_scorer_load_in_their_configured_dtype_on_this_processs_device(workspace):
+    model, tok = load_for_generation(workspace / "sft", GenerationConfig())
+    assert model.dtype == torch.float32  # None keeps the checkpoint's dtype (the tiny scale)
+    model, tok = load_for_generation(workspace / "sft", GenerationConfig(dtype="bfloat16"))
+    assert model.dtype == torch.bfloat16 and next(model.parameters()).device == distributed.device()
+    assert len(generate(model, tok, ["Say hello."], GenerationConfig(max_new_tokens=3, show_progress=False))) == 1
+    rm, _ = load_for_scoring(workspace / "rm", BestOfNConfig(reward_dtype="bfloat16"))
+    assert rm.dtype == torch.bfloat16 and next(rm.parameters()).device == distributed.device()
+    with pytest.raises(ValueError, match="bf16"):
+        load_for_scoring(workspace / "rm", BestOfNConfig(reward_dtype="bf16"))
 
 
 STAGES = {

@@ -88,12 +88,11 @@ def score_data_parallel(reward_model, tokenizer, prompts: Sequence[str], respons
 
 def load_for_scoring(path, cfg: BestOfNConfig) -> tuple[object, object]:
     """(reward model, tokenizer) from a reward model folder: cast to ``cfg.reward_dtype``, on this process's device."""
+    if cfg.reward_dtype is not None and cfg.reward_dtype not in DTYPES:
+        raise ValueError(f"unknown reward_dtype {cfg.reward_dtype!r}; expected one of {sorted(DTYPES)}")
     model, tokenizer = load_reward_model(path)
-    if cfg.reward_dtype is not None:
-        if cfg.reward_dtype not in DTYPES:
-            raise ValueError(f"unknown reward_dtype {cfg.reward_dtype!r}; expected one of {sorted(DTYPES)}")
-        model = model.to(DTYPES[cfg.reward_dtype])
-    return model.to(distributed.device()), tokenizer
+    dtype = DTYPES[cfg.reward_dtype] if cfg.reward_dtype is not None else None
+    return model.to(device=distributed.device(), dtype=dtype), tokenizer  # tensor by tensor: no second full copy
 
 
 def best_of_n(policy, policy_tokenizer, reward_model, reward_tokenizer, prompts: Sequence[str], cfg: BestOfNConfig) -> dict:

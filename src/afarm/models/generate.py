@@ -72,8 +72,9 @@ def prompt_prefix(model_dir: str | os.PathLike) -> str:
 
 def load_for_generation(path: str | os.PathLike, cfg: GenerationConfig) -> tuple[object, object]:
     """(model, tokenizer) from a model folder: the model in ``cfg.dtype``, on this process's device."""
-    model, tokenizer = load_model(path, cfg.dtype)
-    return model.to(distributed.device()), tokenizer
+    device = distributed.device()
+    model, tokenizer = load_model(path, cfg.dtype, device)
+    return model.to(device), tokenizer
 
 
 def sample_seed(seed: int, prompt: str, sample_index: int) -> int:
