@@ -45,12 +45,17 @@ class Resources:
 
 # Stage modules that run one process per device at paper scale (``launch.processes`` in params.yaml):
 # data-parallel generation and FSDP-sharded training. Every other stage runs in one process.
-DISTRIBUTED: frozenset[str] = frozenset()
+# Data-parallel generation (afarm.models.generate): generate, preference_data, best_of_n.
+# expert_iteration samples data-parallel too but joins once its training and save are sharded.
+DISTRIBUTED: frozenset[str] = frozenset({"generate", "preference_data", "best_of_n"})
 
 CPU = Resources(cpus=1)  # tiny stages use one thread each (params num_threads), so two run at once
 # Paper-scale training and generation of a 7B model: AlpacaFarm trained on 8 x A100 80GB.
 GPU_TRAIN = Resources(cpus=16, mem_mb=256_000, gpus=8, runtime=24 * 60)
 GPU_INFER = Resources(cpus=8, mem_mb=64_000, gpus=1, runtime=6 * 60)
+# Data-parallel generation at paper scale: one process and one full bf16 copy of the model per GPU of
+# the node, each generating its share of the batches (the 40k preference samples, 805 x 15 eval outputs).
+GPU_GEN = Resources(cpus=16, mem_mb=128_000, gpus=8, runtime=6 * 60)
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,7 @@ def preference_methods(pset: str) -> list[Stage]:
             metrics=metrics("preference_data"),
             params=("scale", "paths", "preference_data"),
             args={"preference_set": pset},
-            paper=GPU_INFER,
+            paper=GPU_GEN,
         ),
         Stage(
             f"reward_model_{pset}",
@@ -149,7 +154,7 @@ def preference_methods(pset: str) -> list[Stage]:
             metrics=metrics("best_of_n"),
             params=("scale", "best_of_n"),
             args={"generator": f"best_of_n_{pset}"},
-            paper=GPU_INFER,
+            paper=GPU_GEN,
         ),
         Stage(
             f"expert_iteration_{pset}",
@@ -283,7 +288,7 @@ def build_stages() -> list[Stage]:
                 outs={"out": outputs_path(generator)},
                 params=("scale", "generate"),
                 args={"generator": generator},
-                paper=GPU_INFER,
+                paper=GPU_GEN,
             )
         )
     # Baseline rows: real outputs of API models and of upstream's released PPO models, from the bundle.

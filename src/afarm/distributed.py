@@ -93,3 +93,29 @@ def all_gather_objects(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+# --- Data-parallel inference (generation, reward scoring) -------------------------------------
+# Each process holds a full copy of the model and computes whole batches of one fixed list of
+# batches, so every batch is exactly the batch a single process would form (same rows, same
+# padding, same numerics); the results are then gathered, in input order, on every rank.
+
+
+def batches_of_rank(num_batches: int, of_rank: int | None = None, world: int | None = None) -> range:
+    """Indices of the batches that rank ``of_rank`` (default: this one) computes out of ``num_batches``:
+    every ``world``-th batch from its rank. Strided rather than contiguous: batches sorted by length
+    then spread their cost evenly over the ranks."""
+    of_rank = rank() if of_rank is None else of_rank
+    world = world_size() if world is None else world
+    return range(of_rank, num_batches, world)
+
+
+def merge_from_ranks(local: dict) -> dict:
+    """The union of every rank's ``{key: result}``, on every rank (each key computed by exactly one rank)."""
+    merged: dict = {}
+    for part in all_gather_objects(local):
+        overlap = merged.keys() & part.keys()
+        if overlap:
+            raise DistributedError(f"{len(overlap)} results were computed by two ranks, e.g. {next(iter(overlap))!r}")
+        merged.update(part)
+    return merged

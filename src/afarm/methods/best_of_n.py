@@ -4,6 +4,10 @@ Inference-time only (no training), as upstream AlpacaFarm examples/best_of_n.py
 (``run_best_of_n`` = ``run_decode`` then ``run_rerank`` with the reward model, top 1 kept).
 Samples come from ``afarm.models.generate.generate_samples``, which seeds every (prompt,
 sample index) on its own, so the first k samples of best-of-n are the same for every n >= k.
+
+In a distributed run (one process per GPU, each with full copies of both models) sampling and
+scoring are data-parallel: each rank computes whole batches of the single-process batch list
+and the results are gathered on every rank, so the outputs are those of one process.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from typing import Sequence
 
 import torch
 
-from afarm.methods.reward_model import score
+from afarm import distributed
+from afarm.methods.reward_model import encode, load_reward_model, score
 from afarm.models.generate import GenerationConfig, generate_samples
-from afarm.models.lm import torch_threads
+from afarm.models.lm import DTYPES, torch_threads
 
 
 def _sampling() -> GenerationConfig:
@@ -29,6 +34,9 @@ class BestOfNConfig:
     n: int = 16  # upstream README best-of-n command: --num_return_sequences 16 ("the n in best-of-n")
     generation: GenerationConfig = field(default_factory=_sampling)  # its num_samples is replaced by n
     score_batch_size: int = 4  # upstream README best-of-n command: --per_device_batch_size 4 (decode and rerank)
+    # dtype the reward model is cast to for scoring; None keeps the checkpoint's own. paper: bfloat16,
+    # as upstream inference/score.py loads its scorer in the dtype of its ``mixed_precision`` argument.
+    reward_dtype: str | None = None
 
 
 def best_of_n_select(samples: Sequence[Sequence[str]], rewards) -> tuple[list[str], list[int]]:
@@ -51,8 +59,40 @@ def sample_and_score(policy, policy_tokenizer, reward_model, reward_tokenizer, p
     flat_prompts = [p for p in prompts for _ in range(cfg.n)]
     flat_samples = [s for per_prompt in samples for s in per_prompt]
     with torch_threads(gen.num_threads):
-        rewards = score(reward_model, reward_tokenizer, flat_prompts, flat_samples, cfg.score_batch_size)
+        rewards = score_data_parallel(reward_model, reward_tokenizer, flat_prompts, flat_samples, cfg.score_batch_size)
     return samples, rewards.view(len(prompts), cfg.n)
+
+
+def score_data_parallel(reward_model, tokenizer, prompts: Sequence[str], responses: Sequence[str], batch_size: int) -> torch.Tensor:
+    """``afarm.methods.reward_model.score`` with its batches shared by the ranks of a distributed run.
+
+    ``score`` sorts the pairs by encoded length (longest first, stable) and cuts batches of
+    ``batch_size``; here the same batches are formed and each rank scores every ``world_size``-th
+    one by calling ``score`` on that batch alone (already in length order, so it forms the very
+    same padded batch). One process: ``score`` itself.
+    """
+    if distributed.world_size() == 1:
+        return score(reward_model, tokenizer, list(prompts), list(responses), batch_size)
+    max_length = getattr(reward_model.config, "max_position_embeddings", None) or tokenizer.model_max_length
+    lengths = [len(encode(tokenizer, p, r, max_length)) for p, r in zip(prompts, responses)]
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    local: dict[int, float] = {}
+    for b in distributed.batches_of_rank(len(batches)):
+        rows = batches[b]
+        values = score(reward_model, tokenizer, [prompts[i] for i in rows], [responses[i] for i in rows], batch_size)
+        local.update(zip(rows, values.tolist()))
+    merged = distributed.merge_from_ranks(local)
+    return torch.tensor([merged[i] for i in range(len(lengths))], dtype=torch.float32)
+
+
+def load_for_scoring(path, cfg: BestOfNConfig) -> tuple[object, object]:
+    """(reward model, tokenizer) from a reward model folder: cast to ``cfg.reward_dtype``, on this process's device."""
+    if cfg.reward_dtype is not None and cfg.reward_dtype not in DTYPES:
+        raise ValueError(f"unknown reward_dtype {cfg.reward_dtype!r}; expected one of {sorted(DTYPES)}")
+    model, tokenizer = load_reward_model(path)
+    dtype = DTYPES[cfg.reward_dtype] if cfg.reward_dtype is not None else None
+    return model.to(device=distributed.device(), dtype=dtype), tokenizer  # tensor by tensor: no second full copy
 
 
 def best_of_n(policy, policy_tokenizer, reward_model, reward_tokenizer, prompts: Sequence[str], cfg: BestOfNConfig) -> dict:

@@ -36,6 +36,12 @@ def expert_iteration(policy, tokenizer, reward_model, reward_tokenizer, prompts:
     Returns (the selected (prompt, output) pairs, the ``best_of_n`` result, the training stats).
     """
     best = best_of_n(policy, tokenizer, reward_model, reward_tokenizer, prompts, cfg.best_of_n)
-    data = select_expert_data(prompts, best)
-    stats = train_causal_lm(policy, tokenizer, data, cfg.train, response_only=True)
+    data, stats = train_on_best(policy, tokenizer, prompts, best, cfg)
     return data, best, stats
+
+
+def train_on_best(policy, tokenizer, prompts: Sequence[str], best: dict, cfg: ExpertIterationConfig) -> tuple[list[tuple[str, str]], dict]:
+    """The training half of ``expert_iteration``: fine-tune ``policy`` in place on a ``best_of_n`` result
+    (sampled by ``policy`` or by a copy of it, e.g. in bf16). Returns (the training pairs, the stats)."""
+    data = select_expert_data(prompts, best)
+    return data, train_causal_lm(policy, tokenizer, data, cfg.train, response_only=True)

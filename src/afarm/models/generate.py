@@ -10,11 +10,23 @@ Seeding: every (prompt, sample index) pair draws its random numbers from its own
 seeded by ``seed``, the prompt text and the sample index, so a sample does not depend on the
 batch it lands in or on the other prompts (up to float rounding, which can differ with the
 amount of padding; greedy decoding is unaffected in practice). Same inputs, same outputs.
+
+Devices and processes: :func:`load_for_generation` loads the model in ``GenerationConfig.dtype``
+onto this process's device (``afarm.distributed.device()``: its GPU, else the CPU); inputs
+follow the model, and the texts come back as Python strings. In a distributed run (one process
+per GPU) generation is data-parallel: the list of batches is formed exactly as in one process
+(same sort, same rows, same padding), each rank generates every ``world_size``-th batch, and
+the texts are gathered, in input order, on every rank. A sample therefore has the same tokens
+in any number of processes. Each process holds a full copy of the model, not an FSDP shard:
+a 7B model in bf16 is 13.5 GB, which one 80 GB GPU holds with room for the KV cache, and
+unsharded ranks need no collective per forward pass, so each rank's batches finish at their
+own pace (sharded ranks would have to run the same number of decoding steps in lockstep).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +35,14 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from afarm.models.lm import torch_threads
+from afarm import distributed
+from afarm.models.lm import load_model, torch_threads
 
 # Optional file in a model folder: text to put in front of every prompt at generation time
 # (written by methods that condition on a control token, e.g. binary reward conditioning).
 PROMPT_PREFIX_FILE = "prompt_prefix.txt"
+
+log = logging.getLogger("afarm.models.generate")
 
 
 @dataclass
@@ -43,12 +58,23 @@ class GenerationConfig:
     seed: int = 0  # our choice (upstream passes seed=None unless given)
     num_threads: int | None = None  # torch CPU threads; None keeps torch's default
     show_progress: bool = True  # tqdm bar
+    # dtype the sampling model is loaded in (load_for_generation); None keeps the checkpoint's own.
+    # paper: bfloat16, as upstream inference/decode.py loads its decoder in the dtype of its
+    # ``mixed_precision`` argument (bf16 / fp16) -- half the memory and time of float32.
+    dtype: str | None = None
 
 
 def prompt_prefix(model_dir: str | os.PathLike) -> str:
     """The text a model folder asks to put before every prompt (``PROMPT_PREFIX_FILE``; "" if absent)."""
     path = Path(model_dir) / PROMPT_PREFIX_FILE
     return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+
+def load_for_generation(path: str | os.PathLike, cfg: GenerationConfig) -> tuple[object, object]:
+    """(model, tokenizer) from a model folder: the model in ``cfg.dtype``, on this process's device."""
+    device = distributed.device()
+    model, tokenizer = load_model(path, cfg.dtype, device)
+    return model.to(device), tokenizer
 
 
 def sample_seed(seed: int, prompt: str, sample_index: int) -> int:
@@ -119,13 +145,29 @@ def _generate_batch(model, input_ids, attention_mask, cfg, generators, eos_id: i
     return generated
 
 
-def generate_samples(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig) -> list[list[str]]:
-    """``cfg.num_samples`` completions for each prompt: a list (input order) of lists of strings."""
+def generate_samples(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig, data_parallel: bool = True) -> list[list[str]]:
+    """``cfg.num_samples`` completions for each prompt: a list (input order) of lists of strings.
+
+    In a distributed run with ``data_parallel`` the ranks share the batches and every rank
+    returns all completions (module docstring). ``data_parallel=False``: this process generates
+    every prompt itself (e.g. its own share of rollouts, or a sharded FSDP model, whose ranks
+    must all run the same forward passes).
+    """
+    if data_parallel and distributed.world_size() > 1 and _is_sharded(model):
+        raise distributed.DistributedError("a sharded (FSDP) model cannot generate data-parallel: each rank needs a full "
+                                           "copy; pass data_parallel=False to generate the same batches on every rank")
     with torch_threads(cfg.num_threads):
-        return _generate_samples(model, tokenizer, prompts, cfg)
+        return _generate_samples(model, tokenizer, prompts, cfg, data_parallel)
 
 
-def _generate_samples(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig) -> list[list[str]]:
+def _is_sharded(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return isinstance(model, (FSDPModule, FullyShardedDataParallel))
+
+
+def _generate_samples(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig, data_parallel: bool) -> list[list[str]]:
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer needs a pad token for batched generation")
     eos_id = tokenizer.eos_token_id
@@ -133,12 +175,14 @@ def _generate_samples(model, tokenizer, prompts: Sequence[str], cfg: GenerationC
     prompt_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     items = [(i, j) for i in range(len(prompts)) for j in range(cfg.num_samples)]
     items.sort(key=lambda item: -len(prompt_ids[item[0]]))  # stable: ties keep input order
+    batches = [items[start : start + cfg.batch_size] for start in range(0, len(items), cfg.batch_size)]
+    mine = distributed.batches_of_rank(len(batches)) if data_parallel else range(len(batches))
     texts: dict[tuple[int, int], str] = {}
     was_training = model.training
     model.eval()
-    bar = tqdm(total=len(items), desc="generate", disable=not cfg.show_progress)
-    for start in range(0, len(items), cfg.batch_size):
-        chunk = items[start : start + cfg.batch_size]
+    bar = tqdm(total=sum(len(batches[b]) for b in mine), desc="generate",
+               disable=not cfg.show_progress or not distributed.is_main())
+    for chunk in (batches[b] for b in mine):
         width = max(len(prompt_ids[i]) for i, _ in chunk)
         input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -153,11 +197,15 @@ def _generate_samples(model, tokenizer, prompts: Sequence[str], cfg: GenerationC
         bar.update(len(chunk))
     bar.close()
     model.train(was_training)
+    if data_parallel and distributed.world_size() > 1:
+        log.info("rank %d of %d generated %d of %d samples (%d of %d batches)", distributed.rank(),
+                 distributed.world_size(), len(texts), len(items), len(mine), len(batches))
+        texts = distributed.merge_from_ranks(texts)
     return [[texts[(i, j)] for j in range(cfg.num_samples)] for i in range(len(prompts))]
 
 
-def generate(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig) -> list[str]:
+def generate(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig, data_parallel: bool = True) -> list[str]:
     """One completion per prompt (``cfg.num_samples`` must be 1), in input order, prompt excluded, stripped."""
     if cfg.num_samples != 1:
         raise ValueError("generate() returns one output per prompt; use generate_samples() for num_samples > 1")
-    return [samples[0] for samples in generate_samples(model, tokenizer, prompts, cfg)]
+    return [samples[0] for samples in generate_samples(model, tokenizer, prompts, cfg, data_parallel)]

@@ -107,10 +107,16 @@ def check_model_folder(path: str | os.PathLike) -> None:
         raise InputError(config, "expected a JSON object")
 
 
-def load_model(path: str | os.PathLike, dtype: str | None = None) -> tuple[PreTrainedModel, object]:
-    """Load (model, tokenizer) from a folder written by ``save_model`` (or any HF checkpoint folder)."""
+def load_model(path: str | os.PathLike, dtype: str | None = None, device: torch.device | None = None) -> tuple[PreTrainedModel, object]:
+    """Load (model, tokenizer) from a folder written by ``save_model`` (or any HF checkpoint folder).
+
+    ``device``: a GPU to load the weights straight onto (no full copy in CPU memory first, as
+    upstream inference/decode.py's ``device_map``); None or the CPU loads into CPU memory.
+    """
     check_model_folder(path)
     kwargs = {"dtype": _dtype(dtype)} if dtype else {"dtype": "auto"}
+    if device is not None and torch.device(device).type != "cpu":
+        kwargs["device_map"] = {"": torch.device(device)}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()

@@ -2,18 +2,18 @@
 
 Inference-time only. Writes ``model_outputs.json`` (instruction, output, generator, dataset),
 like the `generate` stage, so the output goes through the same annotate / leaderboard path.
+Samples and scores on this process's GPU (else the CPU); in several processes the ranks share
+the batches (``afarm.methods.best_of_n``) and rank 0 writes.
 """
 
 from __future__ import annotations
 
-import torch
-
+from afarm import distributed
 from afarm.config import stage_config
 from afarm.data.eval_set import load_eval_set, model_outputs
 from afarm.io import write_json
-from afarm.methods.best_of_n import BestOfNConfig, best_of_n
-from afarm.methods.reward_model import load_reward_model
-from afarm.models.lm import load_model
+from afarm.methods.best_of_n import BestOfNConfig, best_of_n, load_for_scoring
+from afarm.models.generate import load_for_generation
 from afarm.models.prompts import format_prompt
 from afarm.stages._cli import parser, run
 
@@ -21,12 +21,12 @@ from afarm.stages._cli import parser, run
 def main(args, params) -> None:
     cfg = stage_config(params, "best_of_n", BestOfNConfig)
     eval_set = load_eval_set(args.eval_set)
-    policy, tokenizer = load_model(args.sft)
-    reward_model, reward_tokenizer = load_reward_model(args.reward_model)
-    if torch.cuda.is_available():  # paper scale: sample and score on the GPU
-        policy, reward_model = policy.to("cuda"), reward_model.to("cuda")
+    policy, tokenizer = load_for_generation(args.sft, cfg.generation)
+    reward_model, reward_tokenizer = load_for_scoring(args.reward_model, cfg)
     prompts = [format_prompt(r["instruction"]) for r in eval_set]
     best = best_of_n(policy, tokenizer, reward_model, reward_tokenizer, prompts, cfg)
+    if not distributed.is_main():
+        return
     write_json(args.out, model_outputs(eval_set, best["outputs"], args.generator))
     chosen = [rewards[i] for rewards, i in zip(best["rewards"], best["indices"])]
     mean_all = sum(map(sum, best["rewards"])) / (len(prompts) * cfg.n)

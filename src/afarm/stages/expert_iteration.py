@@ -1,15 +1,22 @@
-"""Stage `expert_iteration`: best-of-n of the SFT model on the unlabeled split, then SFT on those outputs."""
+"""Stage `expert_iteration`: best-of-n of the SFT model on the unlabeled split, then SFT on those outputs.
+
+Samples and scores on this process's GPU (else the CPU), in ``best_of_n.generation.dtype``; the
+model that trains is loaded apart when that dtype is set. Not yet in ``afarm.dag.DISTRIBUTED``:
+the sampling part is data-parallel already (``afarm.methods.best_of_n``) and only rank 0 writes,
+but several processes also need the sharded training loop and a gathered save
+(``afarm.distributed.save_model`` instead of the rank-0 ``save_model`` below).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
+from afarm import distributed
 from afarm.config import stage_config
 from afarm.io import read_records, write_json
-from afarm.methods.expert_iteration import ExpertIterationConfig, expert_iteration
-from afarm.methods.reward_model import load_reward_model
+from afarm.methods.best_of_n import best_of_n, load_for_scoring
+from afarm.methods.expert_iteration import ExpertIterationConfig, train_on_best
+from afarm.models.generate import load_for_generation
 from afarm.models.lm import load_model, save_model
 from afarm.models.prompts import format_prompt
 from afarm.stages._cli import parser, run
@@ -24,12 +31,19 @@ def main(args, params) -> None:
     cfg = stage_config(params, "expert_iteration", ExpertIterationStageConfig)
     rows = read_records(args.unlabeled, required=("instruction", "input"), nonempty=("instruction",),
                         types={"instruction": str, "input": str})[: cfg.limit]
-    policy, tokenizer = load_model(args.sft)
-    reward_model, reward_tokenizer = load_reward_model(args.reward_model)
-    if torch.cuda.is_available():  # paper scale: sample and score on the GPU
-        policy, reward_model = policy.to("cuda"), reward_model.to("cuda")
+    sampler, tokenizer = load_for_generation(args.sft, cfg.best_of_n.generation)
+    reward_model, reward_tokenizer = load_for_scoring(args.reward_model, cfg.best_of_n)
     prompts = [format_prompt(r["instruction"], r["input"]) for r in rows]
-    _, best, stats = expert_iteration(policy, tokenizer, reward_model, reward_tokenizer, prompts, cfg)
+    best = best_of_n(sampler, tokenizer, reward_model, reward_tokenizer, prompts, cfg.best_of_n)
+    del reward_model  # free the device for training
+    if cfg.best_of_n.generation.dtype is None:  # tiny: the model that sampled trains
+        policy = sampler
+    else:  # paper: a bf16 copy sampled; the trainee is loaded in the checkpoint's own precision
+        del sampler
+        policy = load_model(args.sft)[0].to(distributed.device())
+    _, stats = train_on_best(policy, tokenizer, prompts, best, cfg)
+    if not distributed.is_main():
+        return
     save_model(policy, tokenizer, args.out)
     write_json(args.data, [
         {"instruction": r["instruction"], "input": r["input"], "output": out, "reward": rewards[i], "index": i}

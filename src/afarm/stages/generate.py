@@ -2,15 +2,18 @@
 
 If the model folder has a ``prompt_prefix.txt`` (e.g. reward conditioning's positive control
 token), its text goes in front of every prompt; the outputs never contain it.
+
+Runs on this process's GPU (else the CPU); in several processes the prompts' batches are shared
+by the ranks (``afarm.models.generate``) and rank 0 writes the outputs.
 """
 
 from __future__ import annotations
 
+from afarm import distributed
 from afarm.config import stage_config
 from afarm.data.eval_set import load_eval_set, model_outputs
 from afarm.io import write_json
-from afarm.models.generate import GenerationConfig, generate, prompt_prefix
-from afarm.models.lm import load_model
+from afarm.models.generate import GenerationConfig, generate, load_for_generation, prompt_prefix
 from afarm.models.prompts import format_prompt
 from afarm.stages._cli import parser, run
 
@@ -18,10 +21,11 @@ from afarm.stages._cli import parser, run
 def main(args, params) -> None:
     cfg = stage_config(params, "generate", GenerationConfig)
     eval_set = load_eval_set(args.eval_set)
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_for_generation(args.model, cfg)
     prefix = prompt_prefix(args.model)
     texts = generate(model, tokenizer, [prefix + format_prompt(r["instruction"]) for r in eval_set], cfg)
-    write_json(args.out, model_outputs(eval_set, texts, args.generator))
+    if distributed.is_main():
+        write_json(args.out, model_outputs(eval_set, texts, args.generator))
 
 
 def arguments():

@@ -8,6 +8,10 @@ sim``: the simulated pool; ``human`` at tiny scale: a stronger stand-in judge). 
 human set: upstream's ``alpaca_human_preference``, 10k pairs), through the real ``datasets`` loader. Soft answers are rounded
 to AlpacaFarm's binary labels (a tie takes a seeded coin); the judge's own value is kept in
 ``preference_raw``. Replies that cannot be parsed are dropped (and counted in the metrics).
+
+Sampling runs on this process's GPU (else the CPU); in several processes the ranks share the
+sampling batches (``afarm.models.generate``) and rank 0 alone judges (one cache, no judge call
+twice) and writes.
 """
 
 from __future__ import annotations
@@ -16,14 +20,14 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from afarm import distributed
 from afarm.annotators.base import Pair, annotate_pairs
 from afarm.annotators.cache import AnnotationCache
 from afarm.annotators.registry import load_annotator
 from afarm.config import section, stage_config
 from afarm.data import preferences
 from afarm.io import InputError, read_records, write_json
-from afarm.models.generate import GenerationConfig, generate_samples
-from afarm.models.lm import load_model
+from afarm.models.generate import GenerationConfig, generate_samples, load_for_generation
 from afarm.models.prompts import format_prompt
 from afarm.stages._cli import parser, run
 
@@ -70,9 +74,12 @@ def main(args, params) -> None:
     paths = section(params, "paths")
     rows = read_records(args.preference, required=("instruction", "input"), nonempty=("instruction",),
                         types={"instruction": str, "input": str})[: cfg.limit]
-    model, tokenizer = load_model(args.sft)
     gen = GenerationConfig(**{**vars(cfg.generation), "num_samples": 2})
+    model, tokenizer = load_for_generation(args.sft, gen)
     samples = generate_samples(model, tokenizer, [format_prompt(r["instruction"], r["input"]) for r in rows], gen)
+    if not distributed.is_main():
+        return
+    del model  # free its memory before the judge (a local judge model may need the GPU)
 
     annotator = load_annotator(cfg.annotators[args.preference_set], paths["shared_data"], [Path(d) for d in cfg.config_dirs])
     pairs = [Pair(judge_instruction(r["instruction"], r["input"]), s[0], s[1]) for r, s in zip(rows, samples)]
