@@ -176,6 +176,9 @@ def test_report_tables_links_and_stand_in(inputs):
     assert "![agreement](annotators/agreement.png)" in text and "\n# not a heading\n" in text
     # the stand-in is named, and what differs at tiny scale
     assert "**stand-in**: `offline_judge` (human STAND-IN (offline_judge, no people)), not people." in text
+    assert "share no judge" not in text  # no judges_note configured
+    noted = build_report(inputs, ReportConfig(judges_note="The two worlds\n  share no judge."), stage.scale_facts(PARAMS))
+    assert "not people.\n\n> The two worlds share no judge.\n" in noted
     assert "a 1.04M-parameter Llama-style model trained from scratch" in text
     assert "1,000 / 2,000 / 2,000 / 200" in text
     assert "absolute win rates are not comparable" in text

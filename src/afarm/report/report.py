@@ -62,6 +62,8 @@ _INT_COLUMNS = ("n_wins", "n_wins_base", "n_draws", "n_total")
 @dataclass
 class ReportConfig:
     title: str = "AlpacaFarm reproduction report"  # our choice
+    # how the two worlds' judges differ (printed under the stand-in statement); empty = nothing to say
+    judges_note: str = ""
 
 
 @dataclass
@@ -561,6 +563,8 @@ def build_report(paths: ReportPaths, cfg: ReportConfig, facts: ScaleFacts) -> st
     lines.append("")
     if facts.scale != "paper":
         lines += [f"> The \"human\" world here is a **stand-in**: {_names(metrics['human_annotators'])} ({metrics['labels']['human']}), not people.", ""]
+    if cfg.judges_note.strip():
+        lines += [f"> {' '.join(cfg.judges_note.split())}", ""]
     lines += _headline(metrics, paper)
     lines += _sim_vs_human(comparison, metrics, scatter)
     lines += _ours_vs_paper(comparison, paper)
