@@ -87,7 +87,7 @@ def run_seed(k: int, root: Path, shared: Path, cache: Path, full: bool, cores: i
         write_params(work, shared, cache, override)
     sh("git init -q -b main && git add -A && git commit -qm seeds", work)
     start = time.perf_counter()
-    sh(f"snakemake --cores {cores} --quiet {' '.join(TARGETS)}", work)
+    sh(f"snakemake {' '.join(TARGETS)} --cores {cores} --quiet", work)
     boards = {world: {r["generator"]: float(r["win_rate"]) for r in csv.DictReader((work / f"results/leaderboard_{world}.csv").open())}
               for world in ("sim", "human")}
     metrics = json.loads((work / "results/metrics/sim_vs_human.json").read_text())
