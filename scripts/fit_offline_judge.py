@@ -16,7 +16,14 @@ Writes ``<config>/weights.json`` + ``hash_weights.npy`` + ``bigrams.npy`` and ``
 Deterministic: the same bundle and seed give the same bytes. Takes about 12 minutes
 on 2 CPU cores (most of it in the cross-validated fits of the hashed model).
 
-    python scripts/fit_offline_judge.py [--shared-data ../shared/data] [--quick]
+``--features-only`` fits the simulated pool's judge ``offline_features`` instead (see
+``fit_features_judge``): the hand features and length terms only (no hashed n-grams), fitted
+ONLY on the pairs of the models the shipped ``offline_judge`` held out (fold 1), so it shares
+no judged pair with the human stand-in; scored on every other model. Writes
+``configs/offline_features/weights.json`` + ``bigrams.npy`` and ``docs/offline_features.md``
+(a few minutes: the features of every pair).
+
+    python scripts/fit_offline_judge.py [--shared-data ../shared/data] [--quick] [--features-only]
 """
 
 from __future__ import annotations
@@ -386,6 +393,101 @@ def write_report(cfg, sections: dict[str, list[dict]], lbs, degenerate, null_mod
     write_text(cfg.out_report, "\n".join(text))
 
 
+# ---------------------------------------------------------------- the simulated pool's judge
+
+
+FEATURES_CONFIG = ROOT / "src/afarm/annotators/configs/offline_features"
+
+
+def fit_features_judge(cfg: FitConfig) -> None:
+    """``offline_features``: the logistic judge on the 30 dense columns only, fitted on fold-1 models.
+
+    It differs from the human stand-in ``offline_judge`` in how it judges (no hashed n-grams: it
+    cannot learn what good answers to these instructions say, only their form and length) and in
+    what it was fitted on (the stand-in's fit used folds 2..k; this one uses fold 1 only, so the
+    two never saw the same GPT-4 judgment). Shared: the hand-feature definitions, the synthetic
+    "reference beats its degenerate version" pairs (a prior, not judgments) and the reference
+    answers' word-pair bitset. Held-out numbers: on the folds 2..k models, which this fit never saw.
+    """
+    start = time.time()
+    everything = load_bundle(cfg)
+    real = everything[~everything.model.isin(EXCLUDED_MODELS)].reset_index(drop=True)
+    fold_of = model_folds(real.model.to_numpy(), cfg)
+    fitted = sorted(m for m, k in fold_of.items() if k == 0)  # = the stand-in's held-out models
+    shipped = read_json(ROOT / "src/afarm/annotators/configs/offline_judge/weights.json")["meta"]["heldout_models"]
+    if fitted != sorted(shipped):
+        raise SystemExit(f"fold 1 {fitted} differs from the shipped offline_judge's held-out models {shipped}")
+    train_real = real[real.model.isin(fitted)]
+    test = real[~real.model.isin(fitted)].reset_index(drop=True)
+    synthetic = synthetic_negatives(real, cfg)
+    train = pd.concat([train_real, synthetic], ignore_index=True)
+    lbs = leaderboards(cfg)
+    bigrams = known_bigrams(sorted(set(real.output_1)))  # the references' word pairs, as the stand-in
+    cache = FeatureCache(0, bigrams)
+    x_train = cache.dense_design(train.instruction.tolist(), train.output_1.tolist(), train.output_2.tolist())
+    x_test = cache.dense_design(test.instruction.tolist(), test.output_1.tolist(), test.output_2.tolist())
+    print(f"{len(train_real)} fit pairs ({len(fitted)} models) + {len(synthetic)} synthetic; "
+          f"{len(test)} held-out pairs ({test.model.nunique()} models); features in {time.time() - start:.0f} s", flush=True)
+    y = (train.preference.to_numpy() - 1.0).clip(0.0, 1.0)
+    wd, _ = fit_logistic(x_train, None, y, cfg)
+    meta = {
+        "fitted_by": "scripts/fit_offline_judge.py --features-only",
+        "seed": cfg.seed,
+        "lam_dense": cfg.lam_dense,
+        "train_pairs": int(len(train)),  # including the synthetic negatives
+        "train_models": fitted,
+        "excluded_models": list(EXCLUDED_MODELS),
+    }
+    weights = OfflineWeights(wd, None, 0, meta, bigrams)
+    p_test = _sigmoid(x_test @ weights.dense)
+    rows = [evaluate(test, longer_wins(test), lbs, cfg) | {"method": "longer output wins"},
+            evaluate(test, heuristic_probabilities(test), lbs, cfg) | {"method": "heuristic judge (configs/heuristic)"},
+            evaluate(test, p_test, lbs, cfg) | {"method": "offline_features (shipped)"}]
+    meta["heldout_agree"] = round(rows[-1]["agree"], 4)
+    meta["heldout_agree_matched"] = round(rows[-1]["agree_matched"], 4)
+    # how often the two judges of the two worlds agree (the stand-in was fitted on these models)
+    standin = OfflineWeights.load(ROOT / "src/afarm/annotators/configs/offline_judge/weights.json")
+    from afarm.annotators.offline import score_pairs
+
+    p_standin = _sigmoid(score_pairs(standin, test.instruction.tolist(), test.output_1.tolist(), test.output_2.tolist()))
+    same = float(np.mean((p_test > 0.5) == (p_standin > 0.5)))
+    meta["agree_with_offline_judge"] = round(same, 4)
+    weights.save(FEATURES_CONFIG / "weights.json")
+    weights = OfflineWeights.load(FEATURES_CONFIG / "weights.json")
+    degenerate = degenerate_checks(weights, cfg)
+    a1, a2 = list(lbs)
+    text = [
+        "# The simulated pool's judge (`offline_features` annotator)\n",
+        "Generated by `scripts/fit_offline_judge.py --features-only`; do not edit by hand.\n",
+        "The tiny-scale simulated pool (`features_pool`, `features_pool_noisy`) must share no judge with the",
+        "human stand-in `offline_judge`. This member differs from it in how it judges and in what it was fitted on:\n",
+        f"- how: the same logistic form on the {len(weights.dense)} dense columns only (27 hand features + 3 length terms),",
+        f"  no hashed n-grams (the stand-in adds 2^18 of them), so it cannot learn what good answers to the",
+        "  805 instructions say, only their form and length;",
+        f"- what: only the GPT-4 / GPT-4 Turbo judgments of the {len(fitted)} models the stand-in held out of its fit",
+        f"  ({len(train_real)} pairs), so the two judges never saw the same judgment. Shared: the feature",
+        "  definitions, the synthetic \"reference beats its degenerate version\" pairs (a prior, not judgments)",
+        "  and the bitset of the reference answers' word pairs.\n",
+        f"Held out: every other model ({test.model.nunique()} models, {rows[-1]['pairs']} pairs, ties and equal lengths",
+        "excluded). On these pairs the stand-in is NOT held out (it was fitted on them), so the stand-in's",
+        "own held-out numbers are in docs/offline_judge.md.\n",
+        "| method | pairs | agreement | agreement, length-matched (n) | prefers longer: judge / GPT-4 | Spearman AE1 (n) | Spearman AE2 (n) | agreement AE1 / AE2 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    text.append(table(rows, lbs).split("\n", 2)[2].rstrip())
+    text += [
+        "",
+        f"`offline_features` and the stand-in `offline_judge` give the same binary verdict on {same:.1%} of these held-out pairs.\n",
+        "## Degenerate outputs vs the Davinci003 reference (all 805 instructions)\n",
+        "| synthetic output_2 | share where it beats the reference | mean P(it wins) |",
+        "|---|---|---|",
+    ]
+    text += [f"| {d['case']} | {d['bad_wins']:.3f} | {d['mean_p_bad']:.3f} |" for d in degenerate]
+    write_text(ROOT / "docs/offline_features.md", "\n".join(text) + "\n")
+    print(table(rows, lbs))
+    print(f"agree with offline_judge {same:.4f}; {a1}/{a2}; wrote {FEATURES_CONFIG} in {time.time() - start:.0f} s")
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -393,8 +495,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shared-data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--quick", action="store_true", help="one fold of each; smoke run, writes nothing")
+    ap.add_argument("--features-only", action="store_true", help="fit the simulated pool's offline_features judge")
     args = ap.parse_args()
     cfg = FitConfig(shared_data=args.shared_data, quick=args.quick)
+    if args.features_only:
+        fit_features_judge(cfg)
+        return
     start = time.time()
 
     everything = load_bundle(cfg)

@@ -51,9 +51,17 @@ def test_reduced_tiny_dag_with_snakemake_dvc_push_pull_and_repro(repo, shared, t
     assert any(sim[g]["win_rate"] != human[g]["win_rate"] for g in shared_rows - {REFERENCE})
     comparison = json.loads((work / "results" / "metrics" / "sim_vs_human.json").read_text())
     assert comparison["n_models"] == len(shared_rows) - 1 + len(methods)  # the reference is left out
-    assert -1 <= comparison["spearman_ci"][0] <= comparison["spearman"] <= comparison["spearman_ci"][1] <= 1
+    for stat in ("spearman", "kendall"):
+        assert -1 <= comparison[f"{stat}_ci"][0] <= comparison[stat] <= comparison[f"{stat}_ci"][1] <= 1
+        trained = comparison["trained"]  # the rows our pipeline trained; null only if a world gives them all one rate
+        assert trained[stat] is None or -1 <= trained[f"{stat}_ci"][0] <= trained[stat] <= trained[f"{stat}_ci"][1] <= 1
+    # trained rows: every method and the shared rows our stages train; never a published row or the reference
+    assert set(comparison["trained"]["models"]) == methods | {"base_model", "sft", "sft_52k"}
+    assert comparison["trained"]["n_models"] == len(methods) + 3
+    assert comparison["sim_annotators"] == ["features_pool"] and comparison["human_annotators"] == ["offline_judge"]
     report = (work / "results" / "REPORT.md").read_text()
     assert "stand-in" in report.lower() and "sim_vs_human.png" in report
+    assert "ours: trained rows (headline)" in report and "evaluation noise only" in report
     assert "Nothing to be done" in sh("snakemake --cores 2 -n", work)
 
     # 2. DVC records the run and pushes it to a local directory remote.

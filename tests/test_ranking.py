@@ -216,6 +216,59 @@ def test_matching_keeps_one_world_rows_and_excludes_the_reference(tmp_path):
     assert result.kendall == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-12)
 
 
+def _constant_world(folder: Path, suffix: str, rates: dict[str, float], n: int = 10) -> list[Path]:
+    """One file per key with the same preference on every instruction: win rate = 100 * (p - 1) exactly."""
+    paths = [_write(folder, k + (suffix if k in ("ppo", "dpo", "best_of_n") else ""), [1.0 + r] * n) for k, r in rates.items()]
+    return paths + [_write(folder, REF, [1.5] * n)]
+
+
+# published rows on top in both worlds; among the 5 trained rows the human world swaps ppo below dpo and best_of_n
+SIM_RATES = {"gpt4": 0.9, "text_davinci_001": 0.8, "ppo": 0.5, "dpo": 0.4, "best_of_n": 0.3, "sft": 0.2, "base_model": 0.1}
+HUMAN_RATES = {"gpt4": 0.9, "text_davinci_001": 0.8, "ppo": 0.3, "dpo": 0.5, "best_of_n": 0.4, "sft": 0.2, "base_model": 0.1}
+
+
+def test_trained_rows_are_methods_and_the_named_shared_rows_hand_computed(tmp_path):
+    sim = _constant_world(tmp_path / "sim", "_sim", SIM_RATES)
+    human = _constant_world(tmp_path / "human", "_human", HUMAN_RATES)
+    result = rk.compare_worlds(rk.load_world(sim, "sim"), rk.load_world(human, "human"), rk.RankingConfig(n_bootstrap=50),
+                               trained_shared=("base_model", "sft"))
+    assert sorted(result.trained.keys) == ["base_model", "best_of_n", "dpo", "ppo", "sft"]
+    # trained: sim ranks 1..5, human 3, 1, 2, 4, 5: sum d^2 = 6, rho = 1 - 6*6/(5*24) = 0.7;
+    # 10 pairs, 2 discordant (ppo-dpo, ppo-best_of_n): tau = (8 - 2) / 10
+    assert result.trained.spearman == pytest.approx(0.7)
+    assert result.trained.kendall == pytest.approx(0.6)
+    # all 7 rows: sum d^2 = 6, rho = 1 - 36/(7*48); 21 pairs, 2 discordant: tau = 17/21
+    assert result.spearman == pytest.approx(1 - 36 / 336)
+    assert result.kendall == pytest.approx(17 / 21)
+    # every instruction carries the same preference, so every bootstrap replicate gives the point value
+    assert result.trained.spearman_ci == pytest.approx([0.7, 0.7]) and result.trained.kendall_ci == pytest.approx([0.6, 0.6])
+    by_key = {r["method"]: r["trained"] for r in result.rows}
+    assert by_key == {"gpt4": False, "text_davinci_001": False, "ppo": True, "dpo": True, "best_of_n": True,
+                      "sft": True, "base_model": True}
+    metrics = rk.summary(result, rk.RankingConfig())
+    assert metrics["trained"]["n_models"] == 5 and metrics["n_models"] == 7
+    assert metrics["trained"]["spearman"] == 0.7 and metrics["trained"]["kendall_ci"] == [0.6, 0.6]
+    assert "Trained rows (5 models our pipeline trained): Spearman 0.70 [0.70, 0.70]" in rk.markdown(result, rk.RankingConfig())
+    # without the shared rows: the three methods only, too few for a correlation
+    methods_only = rk.compare_worlds(rk.load_world(sim, "sim"), rk.load_world(human, "human"), rk.RankingConfig(n_bootstrap=5))
+    assert sorted(methods_only.trained.keys) == ["best_of_n", "dpo", "ppo"]
+    # ppo, dpo, best_of_n: sim 1, 2, 3, human 3, 1, 2: rho = 1 - 6*6/(3*8) = -0.5
+    assert methods_only.trained.spearman == pytest.approx(-0.5)
+    assert methods_only.spearman == pytest.approx(result.spearman)  # all rows do not depend on the choice
+
+
+def test_trained_shared_rows_must_be_compared_shared_rows(tmp_path):
+    sim = _constant_world(tmp_path / "sim", "_sim", SIM_RATES)
+    human = _constant_world(tmp_path / "human", "_human", {k: v for k, v in HUMAN_RATES.items() if k != "sft"})
+    worlds = rk.load_world(sim, "sim"), rk.load_world(human, "human")
+    with pytest.raises(InputError, match=r"trained shared row 'sft' is not compared in both worlds \(present in: \['sim'\]\)"):
+        rk.compare_worlds(*worlds, rk.RankingConfig(n_bootstrap=5), trained_shared=("sft",))
+    with pytest.raises(InputError, match="'sft_52k' is not compared in both worlds"):
+        rk.compare_worlds(*worlds, rk.RankingConfig(n_bootstrap=5), trained_shared=("sft_52k",))
+    with pytest.raises(InputError, match="'ppo' listed as a trained shared row but is a method row"):
+        rk.compare_worlds(*worlds, rk.RankingConfig(n_bootstrap=5), trained_shared=("ppo",))
+
+
 def test_models_are_aligned_by_instruction_text(tmp_path):
     sim, human = _two_worlds(tmp_path, n=50, same=True)
     # the same human file with its rows shuffled gives the same result
@@ -291,6 +344,7 @@ def _params(tmp_path: Path, **section) -> Path:
 
 def _stage_argv(params: Path, sim, human, out: Path) -> list[str]:
     return ["--params", str(params), "--sim_annotations", *map(str, sim), "--human_annotations", *map(str, human),
+            "--trained_shared", "base_model", "sft",
             "--csv", str(out / "sim_vs_human.csv"), "--markdown", str(out / "sim_vs_human.md"),
             "--plot", str(out / "sim_vs_human.png"), "--metrics", str(out / "metrics" / "sim_vs_human.json")]
 
@@ -319,9 +373,17 @@ def test_stage_end_to_end_byte_identical(tmp_path):
     assert feedme["method"] == "feedme" and feedme["kind"] == "method" and feedme["human_win_rate"] == "" and feedme["sim_rank"] == ""
     assert {r["kind"] for r in rows[:8]} == {"method", "shared"} and all(r["sim_rank"] and r["human_rank"] for r in rows[:8])
     metrics = json.loads((out / "metrics" / "sim_vs_human.json").read_text())
-    assert set(metrics) == {"spearman", "spearman_ci", "kendall", "kendall_ci", "n_models", "n_bootstrap", "confidence",
-                            "sim_annotators", "human_annotators", "labels"}
+    assert set(metrics) == {"spearman", "spearman_ci", "kendall", "kendall_ci", "n_models", "trained", "interval_covers",
+                            "n_bootstrap", "confidence", "sim_annotators", "human_annotators", "labels"}
     assert (metrics["n_models"], metrics["n_bootstrap"], metrics["confidence"]) == (8, 200, 0.9)
+    # trained rows: the 4 methods + base_model and sft (--trained_shared); gpt4 and text_davinci_001 are not
+    assert sorted(metrics["trained"]["models"]) == ["base_model", "best_of_n", "dpo", "ppo", "quark", "sft"]
+    assert metrics["trained"]["n_models"] == 6
+    trained = [r for r in rows[:8] if r["trained"] == "True"]
+    assert len(trained) == 6 and {r["method"] for r in rows if r["trained"] == "False"} == {"gpt4", "text_davinci_001"}
+    tx, ty = [float(r["sim_win_rate"]) for r in trained], [float(r["human_win_rate"]) for r in trained]
+    assert metrics["trained"]["spearman"] == pytest.approx(stats.spearmanr(tx, ty).statistic, abs=1e-6)
+    assert metrics["trained"]["kendall"] == pytest.approx(stats.kendalltau(tx, ty).statistic, abs=1e-6)
     assert (metrics["sim_annotators"], metrics["human_annotators"]) == (["pool"], ["standin"])
     assert metrics["labels"]["human"] == "human stand-in (offline_judge)"
     assert metrics["spearman_ci"][0] <= metrics["spearman"] <= metrics["spearman_ci"][1]

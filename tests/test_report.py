@@ -28,12 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER_CSV = ROOT / "data" / "paper" / "alpaca_farm_results.csv"
 PNG = b"\x89PNG\r\n\x1a\n"
 
-SIM_VS_HUMAN = """method,kind,sim_generator,human_generator,sim_win_rate,sim_standard_error,human_win_rate,human_standard_error,sim_rank,human_rank
-gpt4,shared,gpt4,gpt4,90.0,0.7,91.0,0.6,1,1
-ppo,method,ppo_sim,ppo_human,10.5,1.0,20.25,1.2,2,2
-sft,shared,sft,sft,8.0,0.9,6.0,0.8,3,4
-best_of_n,method,best_of_n_sim,best_of_n_human,7.0,0.8,12.0,1.0,4,3
-alpaca-farm-ppo-human,shared,alpaca-farm-ppo-human,alpaca-farm-ppo-human,50.0,1.2,55.0,1.1,,
+SIM_VS_HUMAN = """method,kind,sim_generator,human_generator,sim_win_rate,sim_standard_error,human_win_rate,human_standard_error,sim_rank,human_rank,trained
+gpt4,shared,gpt4,gpt4,90.0,0.7,91.0,0.6,1,1,False
+ppo,method,ppo_sim,ppo_human,10.5,1.0,20.25,1.2,2,2,True
+sft,shared,sft,sft,8.0,0.9,6.0,0.8,3,4,True
+best_of_n,method,best_of_n_sim,best_of_n_human,7.0,0.8,12.0,1.0,4,3,True
+alpaca-farm-ppo-human,shared,alpaca-farm-ppo-human,alpaca-farm-ppo-human,50.0,1.2,55.0,1.1,,,False
 """
 METRICS = {
     "spearman": 0.8,
@@ -41,6 +41,10 @@ METRICS = {
     "kendall": 0.6667,
     "kendall_ci": [0.2, 1.0],
     "n_models": 4,
+    # trained rows ppo, sft, best_of_n: sim ranks 1, 2, 3, human 1, 3, 2 -> Spearman 1 - 6*2/(3*8) = 0.5,
+    # Kendall (2 concordant - 1 discordant) / 3
+    "trained": {"spearman": 0.5, "spearman_ci": [-0.5, 1.0], "kendall": 0.3333, "kendall_ci": [-0.33, 1.0],
+                "n_models": 3, "models": ["ppo", "sft", "best_of_n"]},
     "n_bootstrap": 1000,
     "confidence": 0.95,
     "sim_annotators": ["offline_pool"],
@@ -144,12 +148,16 @@ def test_report_tables_links_and_stand_in(inputs):
     assert "![win rates: simulated vs human world](sim_vs_human.png)" in text
     assert "![length-controlled vs raw win rate](leaderboard_sim.png)" in text
     assert "[`../data/paper/alpaca_farm_results.csv`](../data/paper/alpaca_farm_results.csv)" in text
-    # headline: ours with CI, the paper's 0.98 and its recomputation
-    assert "| Spearman | 0.80 [0.40, 1.00] | 0.98 (recomputed from its Table 2: 0.976) |" in text
-    assert "| Kendall tau | 0.67 [0.20, 1.00] | 0.911 (computed from its Table 2) |" in text
+    # headline: trained rows (the headline) and all rows with CI, the paper's 0.98 and its recomputation
+    assert ("| Spearman | 0.50 [-0.50, 1.00] | 0.80 [0.40, 1.00] | 0.98 (recomputed from its Table 2: 0.976) |"
+            in text)
+    assert "| Kendall tau | 0.33 [-0.33, 1.00] | 0.67 [0.20, 1.00] | 0.911 (computed from its Table 2) |" in text
+    assert "| models | 3 | 4 | 10 with both entries in Table 2 |" in text
+    assert "**The intervals cover evaluation noise only**" in text and "`bench/bench_seed_spread.py`" in text
     # the sim-vs-human table
-    assert "| ppo | method | ppo_sim | 10.50 ± 1.00 | 2 | ppo_human | 20.25 ± 1.20 | 2 |" in text
-    assert "| alpaca-farm-ppo-human | shared | alpaca-farm-ppo-human | 50.00 ± 1.20 | – | alpaca-farm-ppo-human | 55.00 ± 1.10 | – |" in text
+    assert "| ppo | method | yes | ppo_sim | 10.50 ± 1.00 | 2 | ppo_human | 20.25 ± 1.20 | 2 |" in text
+    assert ("| alpaca-farm-ppo-human | shared | no | alpaca-farm-ppo-human | 50.00 ± 1.20 | – | alpaca-farm-ppo-human "
+            "| 55.00 ± 1.10 | – |") in text
     # ours vs paper, matched by generator; ranks within the 4 matched methods
     assert "| PPO | `ppo` | 10.50 ± 1.00 | 46.8 ± 1.8 | 20.25 ± 1.20 | 55.1 ± 1.7 | 2 / 2 | 2 / 2 |" in text
     assert "| SFT 10k | `sft` | 8.00 ± 0.90 | 36.7 ± 1.7 | 6.00 ± 0.80 | 44.3 ± 1.7 | 3 / 4 | 4 / 4 |" in text
@@ -168,6 +176,9 @@ def test_report_tables_links_and_stand_in(inputs):
     assert "![agreement](annotators/agreement.png)" in text and "\n# not a heading\n" in text
     # the stand-in is named, and what differs at tiny scale
     assert "**stand-in**: `offline_judge` (human STAND-IN (offline_judge, no people)), not people." in text
+    assert "share no judge" not in text  # no judges_note configured
+    noted = build_report(inputs, ReportConfig(judges_note="The two worlds\n  share no judge."), stage.scale_facts(PARAMS))
+    assert "not people.\n\n> The two worlds share no judge.\n" in noted
     assert "a 1.04M-parameter Llama-style model trained from scratch" in text
     assert "1,000 / 2,000 / 2,000 / 200" in text
     assert "absolute win rates are not comparable" in text
@@ -207,6 +218,7 @@ def test_missing_input_names_the_file(inputs, name):
         ("sim_vs_human", SIM_VS_HUMAN.replace("ppo,method", "ppo,trained"), 1, "kind"),
         ("sim_vs_human", SIM_VS_HUMAN.replace("10.5,1.0", "ten,1.0"), 1, "sim_win_rate"),
         ("sim_vs_human", SIM_VS_HUMAN.replace("sft,shared", "ppo,shared"), 2, "method"),
+        ("sim_vs_human", SIM_VS_HUMAN.replace("3,4,True", "3,4,yes"), 2, "trained"),
         ("sim_leaderboard", _board([("gpt4", 60.5, 190.0)]), 0, "win_rate"),
         ("sim_leaderboard", _board([("gpt4", 60.5, 90.0)]).replace(",805,", ",80.5,"), 0, "n_total"),
         ("human_leaderboard", "generator,win_rate\ngpt4,50\n", None, "lc_win_rate"),
@@ -227,6 +239,9 @@ def test_malformed_csv_names_file_row_and_field(inputs, name, text, row, field):
         ({"labels": {"sim": "simulated"}}, "labels.human"),
         ({"human_annotators": []}, "human_annotators"),
         ({"n_models": "4"}, "n_models"),
+        ({"trained": {**METRICS["trained"], "spearman": -2}}, "trained.spearman"),
+        ({"trained": {k: v for k, v in METRICS["trained"].items() if k != "kendall_ci"}}, "trained.kendall_ci"),
+        ({"trained": [0.5]}, "trained"),
     ],
 )
 def test_malformed_metrics_name_the_key(inputs, change, field):

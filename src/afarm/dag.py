@@ -67,7 +67,7 @@ class Stage:
     metrics: dict[str, str] = field(default_factory=dict)  # small JSON, `cache: false`
     plots: dict[str, str] = field(default_factory=dict)  # small CSV for `dvc plots show`, `cache: false`
     params: tuple[str, ...] = ()  # params.yaml sections read by the stage
-    args: dict[str, str] = field(default_factory=dict)  # fixed non-path flags
+    args: dict[str, str | tuple[str, ...]] = field(default_factory=dict)  # fixed non-path flags (a tuple: several values)
     tiny: Resources = CPU
     paper: Resources = CPU
 
@@ -375,6 +375,8 @@ def build_stages() -> list[Stage]:
             metrics={"metrics": "results/metrics/sim_vs_human.json"},
             plots={"csv": SIM_VS_HUMAN_CSV},
             params=("scale", "leaderboard", "sim_vs_human"),
+            # the shared rows our training stages produce; with the method rows, the "trained rows"
+            args={"trained_shared": tuple(shared)},
         ),
         Stage(
             "analyze_annotators",

@@ -217,11 +217,15 @@ class FeatureCache:
             self.hashed[output] = hashed_ngrams(output, self.bits)
         return self.hashed[output]
 
-    def design(self, instructions: Sequence[str], outputs_1: Sequence[str], outputs_2: Sequence[str]):
-        """(dense [n, len(DENSE_NAMES)], sparse CSR [n, 2**bits]) with rows = features(o2) - features(o1)."""
+    def dense_design(self, instructions: Sequence[str], outputs_1: Sequence[str], outputs_2: Sequence[str]) -> np.ndarray:
+        """Dense [n, len(DENSE_NAMES)] with rows = features(o2) - features(o1) and the length terms."""
         F1 = np.stack([self.features(i, o) for i, o in zip(instructions, outputs_1)]) if len(instructions) else np.zeros((0, len(FEATURES)))
         F2 = np.stack([self.features(i, o) for i, o in zip(instructions, outputs_2)]) if len(instructions) else np.zeros((0, len(FEATURES)))
-        return dense_design(F1, F2), self.hashed_design(outputs_1, outputs_2)
+        return dense_design(F1, F2)
+
+    def design(self, instructions: Sequence[str], outputs_1: Sequence[str], outputs_2: Sequence[str]):
+        """(dense [n, len(DENSE_NAMES)], sparse CSR [n, 2**bits]) with rows = features(o2) - features(o1)."""
+        return self.dense_design(instructions, outputs_1, outputs_2), self.hashed_design(outputs_1, outputs_2)
 
     def hashed_design(self, outputs_1: Sequence[str], outputs_2: Sequence[str]) -> sp.csr_matrix:
         """Rows = binary bucket vector of output_2 minus that of output_1 (shared buckets cancel)."""
@@ -249,19 +253,21 @@ class FeatureCache:
 @dataclass
 class OfflineWeights:
     dense: np.ndarray  # one weight per DENSE_NAMES entry, already divided by the feature's scale
-    hashed: np.ndarray  # float32 [2**bits]
-    bits: int
+    hashed: np.ndarray | None  # float32 [2**bits]; None = a judge on the dense features only
+    bits: int  # 0 when ``hashed`` is None
     meta: dict[str, Any]
     bigrams: np.ndarray  # packed bitset [2**BIGRAM_BITS / 8] of known word pairs
 
     def save(self, path: str | Path) -> None:
-        """``path`` (JSON: dense weights, metadata) + ``hash_weights.npy`` beside it; same weights, same bytes."""
+        """``path`` (JSON: dense weights, metadata) + ``hash_weights.npy`` (unless dense-only) and
+        ``bigrams.npy`` beside it; same weights, same bytes."""
         from afarm.io import atomic_write, write_json
 
         path = Path(path)
-        hash_file = path.with_name("hash_weights.npy")
-        with atomic_write(hash_file, "wb") as handle:
-            np.save(handle, self.hashed.astype("<f4"), allow_pickle=False)
+        hash_file = None if self.hashed is None else path.with_name("hash_weights.npy")
+        if hash_file is not None:
+            with atomic_write(hash_file, "wb") as handle:
+                np.save(handle, self.hashed.astype("<f4"), allow_pickle=False)
         with atomic_write(path.with_name("bigrams.npy"), "wb") as handle:
             np.save(handle, self.bigrams.astype(np.uint8), allow_pickle=False)
         write_json(
@@ -270,8 +276,8 @@ class OfflineWeights:
                 "format": "afarm-offline-judge-v1",
                 "features": list(DENSE_NAMES),
                 "dense": [float(f"{w:.8g}") for w in self.dense],
-                "hash_bits": self.bits,
-                "hash_file": hash_file.name,
+                "hash_bits": self.bits if hash_file is not None else 0,
+                "hash_file": hash_file.name if hash_file is not None else None,
                 "meta": self.meta,
             },
         )
@@ -286,12 +292,14 @@ class OfflineWeights:
             raise InputError(path, f"not an offline-judge weights file (format {spec.get('format')!r})", field="format")
         if list(spec["features"]) != list(DENSE_NAMES):
             raise InputError(path, "feature list differs from this version of afarm; refit the weights", field="features")
-        hash_file = path.with_name(spec["hash_file"])
-        if not hash_file.exists():
-            raise InputError(hash_file, "file not found (hash weights named by the weights file)")
-        hashed = np.load(hash_file, allow_pickle=False).astype(np.float64)
-        if hashed.shape != (1 << int(spec["hash_bits"]),):
-            raise InputError(hash_file, f"expected {1 << int(spec['hash_bits'])} weights, got shape {hashed.shape}")
+        hashed = None  # "hash_file": null = a dense-only judge (hand features + length terms)
+        if spec.get("hash_file") is not None:
+            hash_file = path.with_name(spec["hash_file"])
+            if not hash_file.exists():
+                raise InputError(hash_file, "file not found (hash weights named by the weights file)")
+            hashed = np.load(hash_file, allow_pickle=False).astype(np.float64)
+            if hashed.shape != (1 << int(spec["hash_bits"]),):
+                raise InputError(hash_file, f"expected {1 << int(spec['hash_bits'])} weights, got shape {hashed.shape}")
         bigram_file = path.with_name("bigrams.npy")
         if not bigram_file.exists():
             raise InputError(bigram_file, "file not found (bigram bitset beside the weights file)")
@@ -313,6 +321,8 @@ class OfflineJudgeConfig:
 def score_pairs(weights: OfflineWeights, instructions: Sequence[str], outputs_1: Sequence[str], outputs_2: Sequence[str], cache: FeatureCache | None = None) -> np.ndarray:
     """Logit of "output_2 is better" for each pair (antisymmetric in the two outputs)."""
     cache = cache or FeatureCache(weights.bits, weights.bigrams)
+    if weights.hashed is None:
+        return cache.dense_design(instructions, outputs_1, outputs_2) @ weights.dense
     dense, hashed = cache.design(instructions, outputs_1, outputs_2)
     return dense @ weights.dense + hashed @ weights.hashed
 
@@ -332,7 +342,8 @@ class OfflineJudge(Annotator):
         from afarm.io import sha256_file
 
         path = Path(cfg.weights)
-        self._digest = "".join(sha256_file(path.with_name(f))[:16] for f in (path.name, "hash_weights.npy", "bigrams.npy"))
+        files = (path.name, "hash_weights.npy", "bigrams.npy") if self.weights.hashed is not None else (path.name, "bigrams.npy")
+        self._digest = "".join(sha256_file(path.with_name(f))[:16] for f in files)
 
     def config(self) -> dict[str, Any]:
         # the weights' content, not their path, decides the answers

@@ -13,6 +13,13 @@ rates of the two worlds are compared.
 * The correlation is taken over the keys present in both worlds, excluding the reference
   (a file whose ``generator_1 == generator_2``, or the key ``RankingConfig.reference``).
   Rows present in one world only are kept in the table but not correlated.
+* Two correlations are reported: over ALL compared rows, and over the TRAINED rows only: the
+  rows our pipeline trained, i.e. every method row (``_sim`` / ``_human``) plus the shared rows
+  named in ``trained_shared`` (the DAG passes ``base_model``, ``sft``, ``sft_52k``), never the
+  published rows (real outputs of GPT-4, ChatGPT, ... copied from the bundle) nor the reference.
+  The published rows are far apart in quality from the tiny models and rank alike in any two
+  sensible worlds, so the all-rows number is mostly true by construction; the trained-rows
+  number is the check. Both come from the same bootstrap replicates.
 * Spearman (average ranks for ties) and Kendall tau-b, with percentile confidence intervals
   from a paired bootstrap over instructions: each replicate draws one vector of instruction
   indices (with replacement) and applies it to every model of both worlds, so the replicates
@@ -36,7 +43,7 @@ WORLDS = ("sim", "human")
 SUFFIXES = {"sim": "_sim", "human": "_human"}  # generator suffixes of trained methods (dag.PREFERENCE_SETS)
 MIN_MODELS = 3  # a rank correlation over fewer models says nothing
 CSV_COLUMNS = ("method", "kind", "sim_generator", "human_generator", "sim_win_rate", "sim_standard_error",
-               "human_win_rate", "human_standard_error", "sim_rank", "human_rank")
+               "human_win_rate", "human_standard_error", "sim_rank", "human_rank", "trained")
 
 
 @dataclass
@@ -223,6 +230,17 @@ def percentile_interval(samples: np.ndarray, confidence: float) -> list[float] |
 
 
 @dataclass
+class Correlation:
+    """Spearman and Kendall tau-b of one set of compared keys, with bootstrap percentile intervals."""
+
+    keys: list[str]
+    spearman: float | None
+    spearman_ci: list[float] | None
+    kendall: float | None
+    kendall_ci: list[float] | None
+
+
+@dataclass
 class Comparison:
     rows: list[dict]  # CSV_COLUMNS, compared rows first (by human rank), then one-world rows
     keys: list[str]  # compared method keys (both worlds, reference excluded)
@@ -230,6 +248,7 @@ class Comparison:
     spearman_ci: list[float] | None
     kendall: float | None
     kendall_ci: list[float] | None
+    trained: Correlation  # the same over the rows our pipeline trained (see trained_keys)
     n_bootstrap: int
     confidence: float
     n_instructions: int
@@ -251,8 +270,35 @@ def _ranks_desc(values: np.ndarray) -> np.ndarray:
     return 1 + (values[None, :] > values[:, None]).sum(-1)
 
 
-def compare_worlds(sim: World, human: World, cfg: RankingConfig) -> Comparison:
-    """Match the two worlds' models by key, correlate their win rates, bootstrap the intervals."""
+def trained_keys(sim: World, human: World, keys: list[str], trained_shared: tuple[str, ...] | list[str]) -> list[str]:
+    """The compared keys of rows our pipeline trained: method rows, plus the shared rows named in
+    ``trained_shared``; each of those must be compared in both worlds (a missing one is an error,
+    so a renamed stage cannot silently shrink the headline)."""
+    for name in trained_shared:
+        if name not in keys:
+            where = [w.name for w in (sim, human) if name in w.models]
+            raise InputError(f"{Path(next(iter(sim.models.values())).path).parent}",
+                             f"trained shared row {name!r} is not compared in both worlds (present in: {where or 'neither'})")
+        kind = sim.models[name].kind
+        if kind != "shared":
+            raise InputError(sim.models[name].path, f"{name!r} listed as a trained shared row but is a {kind} row",
+                             row=0, field="generator_2")
+    wanted = set(trained_shared)
+    return [k for k in keys if sim.models[k].kind == "method" or k in wanted]
+
+
+def _correlation(keys: list[str], subset: list[str], x, y, bx, by, cfg: RankingConfig) -> Correlation:
+    cols = [keys.index(k) for k in subset]
+    if len(cols) < MIN_MODELS:  # too few rows: say nothing rather than a meaningless number
+        return Correlation(subset, None, None, None, None)
+    x, y, bx, by = x[cols], y[cols], bx[:, cols], by[:, cols]
+    return Correlation(subset, _none_if_nan(spearman(x, y)), percentile_interval(spearman(bx, by), cfg.confidence),
+                       _none_if_nan(kendall_tau_b(x, y)), percentile_interval(kendall_tau_b(bx, by), cfg.confidence))
+
+
+def compare_worlds(sim: World, human: World, cfg: RankingConfig, trained_shared: tuple[str, ...] | list[str] = ()) -> Comparison:
+    """Match the two worlds' models by key, correlate their win rates (all rows, and the trained
+    rows: method rows + ``trained_shared``), bootstrap the intervals."""
     everyone = [*sim.models.values(), *human.models.values()]
     p_all, instructions = aligned_preferences(everyone)
     row_of = {(w.name, k): i for i, (w, k) in enumerate([(w, k) for w in (sim, human) for k in w.models])}
@@ -278,14 +324,15 @@ def compare_worlds(sim: World, human: World, cfg: RankingConfig) -> Comparison:
     counts = bootstrap_counts(len(instructions), cfg)
     bx = bootstrap_win_rates(p_all[[row_of["sim", k] for k in keys]], counts)
     by = bootstrap_win_rates(p_all[[row_of["human", k] for k in keys]], counts)
-    rho, tau = spearman(x, y), kendall_tau_b(x, y)
-    rows = _rows(sim, human, cfg, keys, x, y)
-    return Comparison(rows, keys, _none_if_nan(rho), percentile_interval(spearman(bx, by), cfg.confidence),
-                      _none_if_nan(tau), percentile_interval(kendall_tau_b(bx, by), cfg.confidence), cfg.n_bootstrap,
-                      cfg.confidence, len(instructions), sim.annotators, human.annotators, cfg.reference)
+    every = _correlation(keys, keys, x, y, bx, by, cfg)
+    trained = _correlation(keys, trained_keys(sim, human, keys, trained_shared), x, y, bx, by, cfg)
+    rows = _rows(sim, human, cfg, keys, x, y, set(trained_shared))
+    return Comparison(rows, keys, every.spearman, every.spearman_ci, every.kendall, every.kendall_ci, trained,
+                      cfg.n_bootstrap, cfg.confidence, len(instructions), sim.annotators, human.annotators, cfg.reference)
 
 
-def _rows(sim: World, human: World, cfg: RankingConfig, keys: list[str], x: np.ndarray, y: np.ndarray) -> list[dict]:
+def _rows(sim: World, human: World, cfg: RankingConfig, keys: list[str], x: np.ndarray, y: np.ndarray,
+          trained_shared: set[str]) -> list[dict]:
     sim_rank = dict(zip(keys, _ranks_desc(x).tolist()))
     human_rank = dict(zip(keys, _ranks_desc(y).tolist()))
     compared = sorted(keys, key=lambda k: (human_rank[k], sim_rank[k], k))
@@ -300,6 +347,7 @@ def _rows(sim: World, human: World, cfg: RankingConfig, keys: list[str], x: np.n
             "sim_win_rate": s.win_rate if s else None, "sim_standard_error": _none_if_nan(s.standard_error) if s else None,
             "human_win_rate": h.win_rate if h else None, "human_standard_error": _none_if_nan(h.standard_error) if h else None,
             "sim_rank": sim_rank.get(k), "human_rank": human_rank.get(k),
+            "trained": (s or h).kind == "method" or k in trained_shared,
         })
     return rows
 
@@ -315,20 +363,33 @@ def _ci(ci: list | None) -> str:
     return "[n/a]" if ci is None else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
 
 
+# what the bootstrap intervals cover (every table that prints them says so)
+INTERVAL_NOTE = ("the intervals cover evaluation noise only (resampling the evaluation instructions), not training "
+                 "noise: the spread over training seeds is measured separately by bench/bench_seed_spread.py")
+
+
 def correlation_line(result: Comparison) -> str:
     pct = f"{100 * result.confidence:g}%"
-    return (f"Spearman {_fmt(result.spearman)} {_ci(result.spearman_ci)}, Kendall tau-b {_fmt(result.kendall)} "
-            f"{_ci(result.kendall_ci)} ({pct} paired bootstrap over {result.n_instructions} instructions, "
-            f"{result.n_bootstrap} replicates; {len(result.keys)} models in both worlds)")
+    t = result.trained
+    return (f"Trained rows ({len(t.keys)} models our pipeline trained): Spearman {_fmt(t.spearman)} {_ci(t.spearman_ci)}, "
+            f"Kendall tau-b {_fmt(t.kendall)} {_ci(t.kendall_ci)}. All rows ({len(result.keys)} models in both worlds, "
+            f"published rows included): Spearman {_fmt(result.spearman)} {_ci(result.spearman_ci)}, Kendall tau-b "
+            f"{_fmt(result.kendall)} {_ci(result.kendall_ci)}. {pct} paired bootstrap over {result.n_instructions} "
+            f"instructions, {result.n_bootstrap} replicates; {INTERVAL_NOTE}")
 
 
 def summary(result: Comparison, cfg: RankingConfig) -> dict:
-    """The small metrics JSON."""
+    """The small metrics JSON: all compared rows at the top level, the trained rows under ``trained``."""
     r6 = lambda v: None if v is None else round(v, 6)  # noqa: E731
     ci = lambda c: None if c is None else [r6(v) for v in c]  # noqa: E731
+    t = result.trained
     return {"spearman": r6(result.spearman), "spearman_ci": ci(result.spearman_ci),
             "kendall": r6(result.kendall), "kendall_ci": ci(result.kendall_ci),
-            "n_models": len(result.keys), "n_bootstrap": result.n_bootstrap, "confidence": result.confidence,
+            "n_models": len(result.keys),
+            "trained": {"spearman": r6(t.spearman), "spearman_ci": ci(t.spearman_ci), "kendall": r6(t.kendall),
+                        "kendall_ci": ci(t.kendall_ci), "n_models": len(t.keys), "models": list(t.keys)},
+            "interval_covers": "evaluation noise only (paired bootstrap over instructions); not training seeds",
+            "n_bootstrap": result.n_bootstrap, "confidence": result.confidence,
             "sim_annotators": result.sim_annotators, "human_annotators": result.human_annotators,
             "labels": {"sim": cfg.labels.sim, "human": cfg.labels.human}}
 
@@ -336,18 +397,19 @@ def summary(result: Comparison, cfg: RankingConfig) -> dict:
 def markdown(result: Comparison, cfg: RankingConfig, title: str = "Simulated vs human win rates") -> str:
     sim, human = cfg.labels.sim, cfg.labels.human
     lines = [f"## {title}", "", f"sim = {sim}; human = {human}.", "",
-             "| method | kind | sim generator | sim win rate (%) | sim rank | human generator | human win rate (%) | human rank |",
-             "|---|---|---|---:|---:|---|---:|---:|"]
+             "| method | kind | trained by us | sim generator | sim win rate (%) | sim rank | human generator | human win rate (%) | human rank |",
+             "|---|---|---|---|---:|---:|---|---:|---:|"]
     for r in result.rows:
         sw = "" if r["sim_win_rate"] is None else f"{_fmt(r['sim_win_rate'])} ± {_fmt(r['sim_standard_error'])}"
         hw = "" if r["human_win_rate"] is None else f"{_fmt(r['human_win_rate'])} ± {_fmt(r['human_standard_error'])}"
-        lines.append(f"| {r['method']} | {r['kind']} | {r['sim_generator'] or ''} | {sw} | {r['sim_rank'] or ''} | "
+        lines.append(f"| {r['method']} | {r['kind']} | {'yes' if r['trained'] else 'no'} | {r['sim_generator'] or ''} | {sw} | {r['sim_rank'] or ''} | "
                      f"{r['human_generator'] or ''} | {hw} | {r['human_rank'] or ''} |")
     lines += ["", correlation_line(result) + ".", "",
               f"Annotators: {sim} world `{', '.join(result.sim_annotators)}`; {human} world "
               f"`{', '.join(result.human_annotators)}`. Win rates in % against `{result.reference}` (its own row, "
               "50% by construction, is left out), ± one standard error. Ranks among the models present in both "
-              "worlds (1 = best); rows with one world only are not correlated."]
+              "worlds (1 = best); rows with one world only are not correlated. Trained by us = a method row or a "
+              "shared row our training stages produced; the others are published outputs copied from the bundle."]
     return "\n".join(lines) + "\n"
 
 
@@ -364,10 +426,11 @@ def plot_sim_vs_human(result: Comparison, path: str | Path, cfg: RankingConfig) 
     lo, hi = max(0.0, min(values) - pad), min(100.0, max(values) + pad)
     fig, ax = plt.subplots(figsize=(6.5, 6.5), dpi=100)
     ax.plot([lo, hi], [lo, hi], color="grey", linestyle="--", linewidth=1, label="y = x")
-    styles = {"method": dict(fmt="o", color="tab:blue", label="method (trained per world)"),
-              "shared": dict(fmt="s", color="tab:orange", label="shared row")}
-    for kind, style in styles.items():
-        group = [r for r in rows if r["kind"] == kind]
+    styles = {("method", True): dict(fmt="o", color="tab:blue", label="method (trained per world)"),
+              ("shared", True): dict(fmt="D", color="tab:green", label="shared row trained by us"),
+              ("shared", False): dict(fmt="s", color="tab:orange", label="published row (not trained by us)")}
+    for (kind, trained), style in styles.items():
+        group = [r for r in rows if r["kind"] == kind and bool(r["trained"]) == trained]
         if not group:
             continue
         ax.errorbar([r["sim_win_rate"] for r in group], [r["human_win_rate"] for r in group],
@@ -381,9 +444,12 @@ def plot_sim_vs_human(result: Comparison, path: str | Path, cfg: RankingConfig) 
     ax.set_aspect("equal")
     ax.set_xlabel(f"win rate vs {result.reference} (%), {cfg.labels.sim}")
     ax.set_ylabel(f"win rate vs {result.reference} (%), {cfg.labels.human}")
-    ax.set_title(f"Spearman {_fmt(result.spearman)} {_ci(result.spearman_ci)}, "
+    t = result.trained
+    ax.set_title(f"trained rows ({len(t.keys)}): Spearman {_fmt(t.spearman)} {_ci(t.spearman_ci)}, "
+                 f"Kendall tau-b {_fmt(t.kendall)} {_ci(t.kendall_ci)}\n"
+                 f"all rows ({len(result.keys)}): Spearman {_fmt(result.spearman)} {_ci(result.spearman_ci)}, "
                  f"Kendall tau-b {_fmt(result.kendall)} {_ci(result.kendall_ci)}\n"
-                 f"({100 * result.confidence:g}% bootstrap CI, {len(result.keys)} models)", fontsize=10)
+                 f"({100 * result.confidence:g}% bootstrap CI over instructions; evaluation noise only)", fontsize=9)
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

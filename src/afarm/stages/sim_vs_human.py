@@ -3,7 +3,8 @@
 Reads every annotation file of both worlds (one model against the reference each), matches
 methods by key (``ppo_sim`` <-> ``ppo_human``; shared rows by name), and writes the table
 (CSV + Markdown), the sim-vs-human scatter plot, and a small metrics JSON with Spearman and
-Kendall tau-b and their paired-bootstrap confidence intervals.
+Kendall tau-b and their paired-bootstrap confidence intervals, over all compared rows and over
+the rows our pipeline trained (method rows + the shared rows given by ``--trained_shared``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def main(args, params) -> None:
     board = stage_config(params, "leaderboard", LeaderboardConfig)
     cfg = RankingConfig(n_bootstrap=own.n_bootstrap, confidence=own.confidence, seed=own.seed,
                         reference=board.reference, labels=WorldLabels(**board.labels))
-    result = compare_worlds(load_world(args.sim_annotations, "sim"), load_world(args.human_annotations, "human"), cfg)
+    result = compare_worlds(load_world(args.sim_annotations, "sim"), load_world(args.human_annotations, "human"), cfg,
+                            trained_shared=args.trained_shared)
     write_csv(result.rows, args.csv, columns=CSV_COLUMNS)
     write_text(args.markdown, markdown(result, cfg))
     plot_sim_vs_human(result, args.plot, cfg)
@@ -43,6 +45,8 @@ def arguments():
     p = parser(__doc__)
     p.add_argument("--sim_annotations", nargs="+", required=True, help="annotation files of the sim world")
     p.add_argument("--human_annotations", nargs="+", required=True, help="annotation files of the human world")
+    p.add_argument("--trained_shared", nargs="*", default=[],
+                   help="shared rows (no _sim/_human suffix) that our training stages produced, e.g. base_model sft")
     p.add_argument("--csv", required=True)
     p.add_argument("--markdown", required=True)
     p.add_argument("--plot", required=True)
