@@ -174,9 +174,12 @@ def prepare_model(model, *, train: bool, precision: str = "fp32", gradient_check
     in bf16 and gradients are reduced in fp32. A frozen model is stored in bf16 under
     ``bf16_mixed`` (it needs no masters), and is sharded only when there are several ranks.
     Raises ``DistributedError`` if a weight ends up unsharded while several ranks exist.
+    Preparing a model twice returns it as it is.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if is_sharded(model):  # prepared already (a stage prepares before evaluating, then trains)
+        return model
     if train and gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not train:
@@ -250,13 +253,15 @@ def optimizer_step(model, optimizer, scheduler, max_grad_norm: float | None) -> 
     return float(norm)
 
 
-def mean_across_ranks(value: float) -> float:
-    """The mean of ``value`` over the ranks (itself with one process)."""
+def mean_across_ranks(value):
+    """The mean over the ranks of ``value``, a float or a list of floats (itself with one process)."""
     if world_size() == 1:
         return value
-    t = torch.tensor([float(value)], dtype=torch.float64, device=device())
+    values = [value] if isinstance(value, (int, float)) else list(value)
+    t = torch.tensor(values, dtype=torch.float64, device=device())
     dist.all_reduce(t)
-    return float(t.item()) / world_size()
+    means = [float(v) / world_size() for v in t.tolist()]
+    return means[0] if isinstance(value, (int, float)) else means
 
 
 def full_state_dict(model) -> dict | None:
