@@ -45,9 +45,12 @@ class Resources:
 
 # Stage modules that run one process per device at paper scale (``launch.processes`` in params.yaml):
 # data-parallel generation and FSDP-sharded training. Every other stage runs in one process.
-# Data-parallel generation (afarm.models.generate): generate, preference_data, best_of_n.
-# expert_iteration samples data-parallel too but joins once its training and save are sharded.
-DISTRIBUTED: frozenset[str] = frozenset({"generate", "preference_data", "best_of_n"})
+DISTRIBUTED: frozenset[str] = frozenset({
+    # FSDP2-sharded training (afarm.distributed): not base_model, which trains only the tiny scale's model
+    "sft", "reward_model", "dpo", "feedme", "reward_conditioning", "expert_iteration",
+    # data-parallel generation (afarm.models.generate): one full model copy per process
+    "generate", "preference_data", "best_of_n",
+})
 
 CPU = Resources(cpus=1)  # tiny stages use one thread each (params num_threads), so two run at once
 # Paper-scale training and generation of a 7B model: AlpacaFarm trained on 8 x A100 80GB.

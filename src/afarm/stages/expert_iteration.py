@@ -19,7 +19,7 @@ from afarm.methods.expert_iteration import ExpertIterationConfig, train_on_best
 from afarm.models.generate import load_for_generation
 from afarm.models.lm import load_model, save_model
 from afarm.models.prompts import format_prompt
-from afarm.stages._cli import parser, run
+from afarm.stages._cli import check_training, parser, run
 
 
 @dataclass
@@ -29,22 +29,23 @@ class ExpertIterationStageConfig(ExpertIterationConfig):
 
 def main(args, params) -> None:
     cfg = stage_config(params, "expert_iteration", ExpertIterationStageConfig)
+    check_training(params, "expert_iteration.train", cfg.train)
     rows = read_records(args.unlabeled, required=("instruction", "input"), nonempty=("instruction",),
                         types={"instruction": str, "input": str})[: cfg.limit]
     sampler, tokenizer = load_for_generation(args.sft, cfg.best_of_n.generation)
     reward_model, reward_tokenizer = load_for_scoring(args.reward_model, cfg.best_of_n)
     prompts = [format_prompt(r["instruction"], r["input"]) for r in rows]
-    best = best_of_n(sampler, tokenizer, reward_model, reward_tokenizer, prompts, cfg.best_of_n)
+    best = best_of_n(sampler, tokenizer, reward_model, reward_tokenizer, prompts, cfg.best_of_n)  # data-parallel, on every rank
     del reward_model  # free the device for training
-    if cfg.best_of_n.generation.dtype is None:  # tiny: the model that sampled trains
+    if cfg.best_of_n.generation.dtype is None:  # tiny: the model that sampled trains (fp32)
         policy = sampler
-    else:  # paper: a bf16 copy sampled; the trainee is loaded in the checkpoint's own precision
+    else:  # paper: a bf16 copy sampled; the trainee holds fp32 master weights
         del sampler
-        policy = load_model(args.sft)[0].to(distributed.device())
+        policy = load_model(args.sft, dtype="float32")[0].to(distributed.device())
     _, stats = train_on_best(policy, tokenizer, prompts, best, cfg)
+    save_model(policy, tokenizer, args.out)  # gathered, written by rank 0
     if not distributed.is_main():
         return
-    save_model(policy, tokenizer, args.out)
     write_json(args.data, [
         {"instruction": r["instruction"], "input": r["input"], "output": out, "reward": rewards[i], "index": i}
         for r, out, rewards, i in zip(rows, best["outputs"], best["rewards"], best["indices"])
