@@ -45,7 +45,7 @@ class Resources:
 
 # Stage modules that run one process per device at paper scale (``launch.processes`` in params.yaml):
 # data-parallel generation and FSDP-sharded training. Every other stage runs in one process.
-DISTRIBUTED: frozenset[str] = frozenset()
+DISTRIBUTED: frozenset[str] = frozenset({"ppo", "quark"})
 
 CPU = Resources(cpus=1)  # tiny stages use one thread each (params num_threads), so two run at once
 # Paper-scale training and generation of a 7B model: AlpacaFarm trained on 8 x A100 80GB.
