@@ -93,7 +93,7 @@ def test_sft_stage_takes_several_splits_and_a_size(tmp_path):
 
     tok = train_tokenizer([format_prompt("Say sft preference validation 0 1 2 3 4 5 6 7.")] * 5, vocab_size=300)
     save_model(build_model(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tok), tok, tmp_path / "base")
-    params = {**PARAMS, "sft": {"train": {"num_epochs": 1, "batch_size": 2, "gradient_accumulation_steps": 1, "max_length": 256,
+    params = {**PARAMS, "sft": {"train": {"num_epochs": 1, "batch_size": 2, "micro_batch_size": 2, "max_length": 256,
                                           "num_threads": 1, "show_progress": False}}}
 
     def run(*extra):

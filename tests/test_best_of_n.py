@@ -67,7 +67,7 @@ def test_expert_iteration_trains_on_the_selected_outputs(toy):
     policy, _ = load_model(folder / "sft")
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     prompts = [format_prompt(i) for i in INSTRUCTIONS]
-    train = TrainConfig(learning_rate=1e-2, max_steps=2, batch_size=4, gradient_accumulation_steps=1, warmup_ratio=0.0,
+    train = TrainConfig(learning_rate=1e-2, max_steps=2, batch_size=4, micro_batch_size=4, warmup_ratio=0.0,
                         lr_scheduler="constant", max_length=128, seed=0, num_threads=1, show_progress=False)
     reference = best_of_n(policy, tok, rm, tok, prompts, BON)
     data, best, stats = expert_iteration(policy, tok, rm, tok, prompts, ExpertIterationConfig(best_of_n=BON, train=train))
@@ -111,7 +111,7 @@ def test_expert_iteration_stage_end_to_end(toy, tmp_path):
     _, _, _, folder = toy
     unlabeled = [{"id": str(i), "instruction": ins, "input": "x" if i % 2 else "", "output": ""} for i, ins in enumerate(INSTRUCTIONS)]
     (tmp_path / "u.json").write_text(json.dumps(unlabeled))
-    train = {"learning_rate": 1e-2, "num_epochs": 1, "batch_size": 2, "gradient_accumulation_steps": 1, "max_length": 128,
+    train = {"learning_rate": 1e-2, "num_epochs": 1, "batch_size": 2, "micro_batch_size": 2, "max_length": 128,
              "seed": 0, "num_threads": 1, "show_progress": False}
     params = _params("expert_iteration", {"best_of_n": {"n": 2, "generation": GEN_PARAMS}, "train": train, "limit": 4})
     args = ei_stage.arguments().parse_args([

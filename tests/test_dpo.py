@@ -123,7 +123,7 @@ def test_preference_pairs_orient_and_drop_ties():
 
 
 def _dpo_cfg(**train) -> DPOConfig:
-    base = dict(learning_rate=3e-3, num_epochs=6, batch_size=8, gradient_accumulation_steps=1, warmup_ratio=0.0,
+    base = dict(learning_rate=3e-3, num_epochs=6, batch_size=8, micro_batch_size=8, warmup_ratio=0.0,
                 lr_scheduler="constant", max_length=96, seed=0, num_threads=1, show_progress=False)
     return DPOConfig(beta=0.1, eval_size=12, train=TrainConfig(**{**base, **train}))
 
@@ -165,7 +165,7 @@ def test_dpo_stage_end_to_end(tok, tmp_path):
     (tmp_path / "prefs.json").write_text(json.dumps(easy_preferences(24)))
     params = {"scale": "tiny", "_path": "params.yaml", "dpo": {
         "beta": 0.1, "eval_size": {"tiny": 4, "paper": 500},
-        "train": {"learning_rate": 3e-3, "num_epochs": 1, "batch_size": 4, "gradient_accumulation_steps": 1, "max_length": 96,
+        "train": {"learning_rate": 3e-3, "num_epochs": 1, "batch_size": 4, "micro_batch_size": 4, "max_length": 96,
                   "seed": 0, "num_threads": 1, "show_progress": False},
     }}
     args = arguments().parse_args(["--sft", str(tmp_path / "sft"), "--preferences", str(tmp_path / "prefs.json"),

@@ -35,7 +35,7 @@ def test_feedme_keeps_the_preferred_output_with_its_prompt():
 
 
 def _cfg() -> FeedMEConfig:
-    return FeedMEConfig(train=TrainConfig(learning_rate=1e-2, num_epochs=60, batch_size=4, gradient_accumulation_steps=1,
+    return FeedMEConfig(train=TrainConfig(learning_rate=1e-2, num_epochs=60, batch_size=4, micro_batch_size=4,
                                           warmup_ratio=0.0, max_length=256, seed=0, num_threads=1, show_progress=False))
 
 
@@ -58,7 +58,7 @@ def test_feedme_stage_end_to_end(tmp_path):
     (tmp_path / "prefs.json").write_text(json.dumps(PREFS))
     (tmp_path / "validation.json").write_text(json.dumps([{"id": "v0", "instruction": "Name a fruit.", "input": "", "output": "A pear."}]))
     params = {"scale": "tiny", "_path": "params.yaml", "feedme": {"train": {
-        "learning_rate": 1e-2, "num_epochs": 2, "batch_size": {"tiny": 2, "paper": 1}, "gradient_accumulation_steps": 1,
+        "learning_rate": 1e-2, "num_epochs": 2, "batch_size": {"tiny": 2, "paper": 128}, "micro_batch_size": {"tiny": 2, "paper": 1},
         "max_length": 256, "seed": 0, "num_threads": 1, "show_progress": False}}}
     args = arguments().parse_args(["--sft", str(tmp_path / "sft"), "--preferences", str(tmp_path / "prefs.json"),
                                    "--validation", str(tmp_path / "validation.json"),

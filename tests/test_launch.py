@@ -102,7 +102,7 @@ def _write_training_inputs(root: Path) -> None:
     (root / "validation.json").write_text(json.dumps(rows[:8]))
     data = yaml.safe_load((REPO / "params.yaml").read_text())
     data["base_model"]["model"].update(vocab_size=300, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
-    data["base_model"]["train"].update(num_epochs=1, batch_size=8, max_length=64)
+    data["base_model"]["train"].update(num_epochs=1, batch_size=8, micro_batch_size=8, max_length=64)
     (root / "params.yaml").write_text(yaml.safe_dump(data))
 
 

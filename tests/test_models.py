@@ -25,7 +25,7 @@ PAIRS = [
 ]
 EXAMPLES = [(format_prompt(q), a) for q, a in PAIRS]
 TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=256)
-FAST = TrainConfig(learning_rate=1e-2, num_epochs=1, batch_size=4, gradient_accumulation_steps=1, warmup_ratio=0.0,
+FAST = TrainConfig(learning_rate=1e-2, num_epochs=1, batch_size=4, micro_batch_size=4, warmup_ratio=0.0,
                    lr_scheduler="constant", max_length=128, seed=0, num_threads=1, show_progress=False)
 GREEDY = GenerationConfig(max_new_tokens=12, do_sample=False, batch_size=3, seed=0, num_threads=1, show_progress=False)
 GREEDY_ONE = GenerationConfig(**{**GREEDY.__dict__, "batch_size": 1})
@@ -40,7 +40,7 @@ def tok():
 def memorized(tok):
     """A tiny model trained until it reproduces the toy responses (and their EOS)."""
     model = build_model(TINY, tok)
-    cfg = TrainConfig(**{**FAST.__dict__, "learning_rate": 1e-2, "max_steps": 120, "batch_size": 8})
+    cfg = TrainConfig(**{**FAST.__dict__, "learning_rate": 1e-2, "max_steps": 120, "batch_size": 8, "micro_batch_size": 8})
     stats = train_causal_lm(model, tok, EXAMPLES, cfg, response_only=True)
     return model, stats
 
@@ -118,7 +118,7 @@ def test_training_lowers_loss_and_schedule(tok, memorized):
 
 def test_warmup_cosine_learning_rates(tok):
     model = build_model(TINY, tok)
-    cfg = TrainConfig(**{**FAST.__dict__, "learning_rate": 1e-3, "max_steps": 10, "batch_size": 2,
+    cfg = TrainConfig(**{**FAST.__dict__, "learning_rate": 1e-3, "max_steps": 10, "batch_size": 2, "micro_batch_size": 2,
                          "warmup_ratio": 0.1, "lr_scheduler": "cosine"})
     stats = train_causal_lm(model, tok, EXAMPLES, cfg, response_only=True)
     # ceil(0.1 * 10) = 1 warmup step (lr 0 at step 0), then cosine from 1e-3 to 0 over 9 steps.
@@ -144,8 +144,8 @@ def test_evaluate_loss_is_token_weighted_mean(tok):
 
 def _train_and_save(tok, path, seed):
     model = build_model(ModelConfig(**{**TINY.__dict__, "seed": seed}), tok)
-    cfg = TrainConfig(**{**FAST.__dict__, "seed": seed, "max_steps": 4, "batch_size": 2,
-                         "gradient_accumulation_steps": 2, "group_by_length": True})
+    cfg = TrainConfig(**{**FAST.__dict__, "seed": seed, "max_steps": 4, "batch_size": 4,
+                         "micro_batch_size": 2, "group_by_length": True})
     train_causal_lm(model, tok, EXAMPLES, cfg, response_only=False)
     save_model(model, tok, path)
     return (path / "model.safetensors").read_bytes()

@@ -77,7 +77,7 @@ def test_stage_then_generate_uses_the_positive_token(tok, tmp_path):
     (tmp_path / "validation.json").write_text(json.dumps([{"id": "v", "instruction": "Can you talk about snow?", "input": "", "output": "Yes, gladly."}]))
     params = {"scale": "tiny", "_path": "params.yaml",
               "reward_conditioning": {"train": {"learning_rate": 1e-2, "num_epochs": 100, "batch_size": 8, "warmup_ratio": 0.0,
-                                                "gradient_accumulation_steps": 1, "max_length": 128, "seed": 0,
+                                                "micro_batch_size": 8, "max_length": 128, "seed": 0,
                                                 "num_threads": 1, "show_progress": False}},
               "generate": {"max_new_tokens": 12, "do_sample": False, "batch_size": 8, "num_threads": 1, "show_progress": False}}
     out = tmp_path / "reward_conditioning_sim"

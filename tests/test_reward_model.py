@@ -133,7 +133,7 @@ def test_held_out_split_is_seeded_and_disjoint():
 # ---------------------------------------------------------------- smoke run
 
 
-FAST = RewardModelConfig(learning_rate=3e-3, num_epochs=3, batch_size=16, gradient_accumulation_steps=1, warmup_ratio=0.0,
+FAST = RewardModelConfig(learning_rate=3e-3, num_epochs=3, batch_size=16, micro_batch_size=16, warmup_ratio=0.0,
                          lr_scheduler="constant", max_length=128, eval_size=60, eval_batch_size=32, seed=0, num_threads=1,
                          show_progress=False)
 
@@ -159,7 +159,7 @@ def test_reward_model_learns_an_easy_preference(tok, tmp_path):
 
 def test_training_is_deterministic_and_ties_are_dropped(tok):
     prefs = keyword_preferences(40) + [{**keyword_preferences(1, seed=9)[0], "preference": 1.5}]
-    cfg = RewardModelConfig(**{**FAST.__dict__, "max_steps": 2, "eval_size": 8, "batch_size": 4})
+    cfg = RewardModelConfig(**{**FAST.__dict__, "max_steps": 2, "eval_size": 8, "batch_size": 4, "micro_batch_size": 4})
     sft = build_model(TOY, tok)
     m1, s1 = train_reward_model(sft, tok, prefs, cfg)
     m2, s2 = train_reward_model(sft, tok, prefs, cfg)

@@ -45,7 +45,11 @@ class Resources:
 
 # Stage modules that run one process per device at paper scale (``launch.processes`` in params.yaml):
 # data-parallel generation and FSDP-sharded training. Every other stage runs in one process.
-DISTRIBUTED: frozenset[str] = frozenset({"ppo", "quark"})
+DISTRIBUTED: frozenset[str] = frozenset({
+    # FSDP2-sharded training (afarm.distributed): not base_model, which trains only the tiny scale's model
+    "sft", "reward_model", "dpo", "feedme", "reward_conditioning", "expert_iteration",
+    "ppo", "quark",  # sharded policy, value, reference and reward model; rollouts from the sharded policy
+})
 
 CPU = Resources(cpus=1)  # tiny stages use one thread each (params num_threads), so two run at once
 # Paper-scale training and generation of a 7B model: AlpacaFarm trained on 8 x A100 80GB.

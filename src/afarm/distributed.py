@@ -1,4 +1,4 @@
-"""Processes of one distributed stage: setup, rank, device, and loud checks.
+"""Processes of one distributed stage: setup, sharded training, gathered save, and loud checks.
 
 A stage that trains or generates on several devices runs one process per device, started by
 ``torch.distributed.run`` (the stage launcher does that; ``afarm.stages._launch``). Each process
@@ -10,15 +10,30 @@ the tiny scale runs exactly the code it always ran.
 The backend is ``nccl`` on GPUs and ``gloo`` on CPUs: the tests run the same sharded code as a
 GPU node, in two CPU processes on gloo. Every collective has a timeout (``timeout_s``): a rank
 that hangs makes the others fail instead of waiting forever.
+
+Training (plain PyTorch, as torchtune): :func:`prepare_model` shards a Hugging Face model with
+FSDP2 (``fully_shard`` on each decoder layer, then on the root), so each of N ranks holds 1/N of
+every weight, its gradient and its AdamW state. ``precision="bf16_mixed"`` keeps those shards in
+fp32 (the masters) and runs forward and backward in bf16, reducing gradients in fp32. A training
+loop then uses :func:`micro_batches` (accumulation steps of a global batch), :func:`step_share`
+(this rank's micro-batches of a step), :func:`accumulate` (gradient sync on the last one only),
+:func:`optimizer_step` (clip, step, schedule, zero) and :func:`mean_across_ranks` (logged
+values); :func:`save_model` gathers the weights and writes an ordinary Hugging Face folder.
+With one process and fp32 every one of these is the plain single-process operation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import math
 import os
+from typing import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
+
+PRECISIONS = ("fp32", "bf16_mixed")  # training precision (params key ``precision``)
 
 
 class DistributedError(RuntimeError):
@@ -93,3 +108,195 @@ def all_gather_objects(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+# ---------------------------------------------------------------- training
+
+
+def micro_batches(global_batch: int, micro_batch: int, key: str = "batch_size") -> int:
+    """Accumulation steps per optimizer step: ``global_batch / (micro_batch * world_size())``.
+
+    The global batch (examples per optimizer step) is a hyperparameter of the recipe; the
+    micro-batch is what fits on one device. ``key`` names the params key in the error.
+    """
+    per_pass = micro_batch * world_size()
+    if global_batch < 1 or micro_batch < 1 or global_batch % per_pass:
+        raise DistributedError(
+            f"{key} {global_batch} is not a multiple of micro_batch_size {micro_batch} x {world_size()} processes; "
+            f"set {key} to a multiple of {per_pass} (or change micro_batch_size / launch.processes)"
+        )
+    return global_batch // per_pass
+
+
+def step_share(step: Sequence) -> list[tuple[object, float]]:
+    """This rank's micro-batches of one optimizer step, each with the divisor of its loss.
+
+    Rank r takes micro-batches r, r + world, ... of ``step`` (the step's micro-batches in
+    global order), so the global batch and its order do not depend on the process count. A
+    micro-batch's mean loss is divided by ``len(step) / world``: gradients are averaged over
+    the ranks afterwards, so each micro-batch weighs ``1 / len(step)`` in the step, exactly as
+    with one process (``loss / len(step)``). A rank with fewer micro-batches than the others (a
+    short last step) gets repeats of ``step[0]`` with divisor ``inf`` (weight 0): every rank
+    must run the same number of forward passes, since each pass gathers the sharded weights.
+    """
+    w, r = world_size(), rank()
+    divisor = len(step) / w
+    mine = [(batch, divisor) for batch in step[r::w]]
+    return mine + [(step[0], math.inf)] * (math.ceil(len(step) / w) - len(mine))
+
+
+def _decoder_layers(model) -> Sequence[torch.nn.Module]:
+    layers = getattr(getattr(model, "base_model", None), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
+        raise DistributedError(f"cannot shard {type(model).__name__}: no decoder layers at model.base_model.layers")
+    return layers
+
+
+def _ensure_process_group() -> None:
+    """A one-process group (in-memory store, no port) so FSDP also gives one device mixed precision."""
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+
+
+def is_sharded(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def prepare_model(model, *, train: bool, precision: str = "fp32", gradient_checkpointing: bool = False):
+    """The model to train (``train=True``) or to run frozen, on this process's device.
+
+    One process with fp32: the model itself (the tiny scale's bytes). Otherwise FSDP2: each
+    decoder layer, then the root, is ``fully_shard``-ed over all ranks. Trained models need
+    fp32 parameters, which stay the fp32 masters; with ``bf16_mixed`` forward and backward run
+    in bf16 and gradients are reduced in fp32. A frozen model is stored in bf16 under
+    ``bf16_mixed`` (it needs no masters), and is sharded only when there are several ranks.
+    Raises ``DistributedError`` if a weight ends up unsharded while several ranks exist.
+    Preparing a model twice returns it as it is.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if is_sharded(model):  # prepared already (a stage prepares before evaluating, then trains)
+        return model
+    if train and gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if not train:
+        model.requires_grad_(False)
+        model.eval()
+        if precision == "bf16_mixed":
+            model.to(torch.bfloat16)
+    if world_size() == 1 and (precision == "fp32" or not train):
+        return model.to(device())
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if train and any(p.dtype != torch.float32 for p in model.parameters()):
+        raise DistributedError("a model trained with FSDP needs float32 parameters (the fp32 masters); load it with dtype float32")
+    _ensure_process_group()
+    mesh = init_device_mesh(device().type, (world_size(),))
+    kwargs = {"mesh": mesh}
+    if train and precision == "bf16_mixed":
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for layer in _decoder_layers(model):
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
+    _check_sharded(model)
+    return model
+
+
+def _check_sharded(model) -> None:
+    """Every parameter is a DTensor shard; with N > 1 ranks each holds 1/N of every weight's rows."""
+    from torch.distributed.tensor import DTensor
+
+    n = world_size()
+    for name, p in model.named_parameters():
+        if not isinstance(p, DTensor):
+            raise DistributedError(f"parameter {name} is not sharded after fully_shard")
+        if n > 1 and p.shape[0] >= n and p.to_local().numel() >= p.numel():
+            raise DistributedError(f"parameter {name} is held whole on rank {rank()} of {n}: sharding did not happen")
+
+
+@contextlib.contextmanager
+def accumulate(model, sync: bool) -> Iterator[None]:
+    """Run one micro-batch's forward and backward; gradients are reduced across ranks only if
+    ``sync`` (the step's last micro-batch), else they accumulate locally."""
+    if not is_sharded(model):
+        yield
+        return
+    model.set_requires_gradient_sync(sync)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+def optimizer_step(model, optimizer, scheduler, max_grad_norm: float | None) -> float:
+    """Clip the gradients to total norm ``max_grad_norm`` (0 or None: no clipping), step the
+    optimizer and the schedule, clear the gradients; return the total gradient norm (before
+    clipping; over all shards)."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not is_sharded(model):
+        if max_grad_norm:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # DTensor: sum over the shards
+        if max_grad_norm:
+            torch.nn.utils.clip_grads_with_norm_(params, max_grad_norm, norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+def mean_across_ranks(value):
+    """The mean over the ranks of ``value``, a float or a list of floats (itself with one process)."""
+    if world_size() == 1:
+        return value
+    values = [value] if isinstance(value, (int, float)) else list(value)
+    t = torch.tensor(values, dtype=torch.float64, device=device())
+    dist.all_reduce(t)
+    means = [float(v) / world_size() for v in t.tolist()]
+    return means[0] if isinstance(value, (int, float)) else means
+
+
+def full_state_dict(model) -> dict | None:
+    """The whole (unsharded) state dict on CPU on rank 0, None on the others."""
+    if not is_sharded(model):
+        return model.state_dict() if is_main() else None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not is_main():
+        return None
+    # A tied weight (e.g. lm_head = embed_tokens) is gathered once per name; let the names share one
+    # tensor again, as in an unsharded model's state dict, so save_pretrained writes it once.
+    first: dict[int, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first and name in state:
+            state[name] = state[first[id(p)]]
+        first.setdefault(id(p), name)
+    return state
+
+
+def save_model(model, tokenizer, path, extra_files: dict[str, str] | None = None) -> None:
+    """Write the gathered model and its tokenizer as an ordinary Hugging Face folder (rank 0,
+    atomically), plus ``extra_files`` (name -> text); then every rank waits for it. With one
+    unsharded model the bytes are those of ``afarm.models.lm.save_model``."""
+    from afarm.io import atomic_dir
+
+    state = full_state_dict(model)
+    if is_main():
+        with atomic_dir(path) as tmp:
+            if is_sharded(model):
+                model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            else:
+                model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text, encoding="utf-8")
+    barrier()

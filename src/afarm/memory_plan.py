@@ -365,7 +365,7 @@ DEFAULTS = {
     "response_len": 300,  # ppo_utils.py / quark_utils.py response_len=300
     "step_micro_batch_size": 2,  # rlhf_ppo.sh / rlhf_quark.sh --step_per_device_batch_size 2
     "rollout_micro_batch_size": 32,  # rlhf_ppo.sh / rlhf_quark.sh --rollout_per_device_batch_size 32
-    "batch_size": 1,  # sft.sh / reward_modeling.sh / dpo.sh --per_device_train_batch_size 1
+    "micro_batch_size": 1,  # sft.sh / reward_modeling.sh / dpo.sh --per_device_train_batch_size 1
     "max_length": 512,  # sft.sh --model_max_length 512
     "max_new_tokens": 300,  # examples/best_of_n.py run_decode max_new_tokens=300
     "generation_batch_size": 4,  # examples/best_of_n.py run_decode per_device_batch_size=4
@@ -388,11 +388,11 @@ def stage_inputs(module: str, params: dict) -> dict[str, Any]:
     if module in TRAIN_SECTIONS:
         train = _resolved(params, TRAIN_SECTIONS[module]).get("train", {})
         pairs = 2 if module == "dpo" else 1  # chosen and rejected both in the graph
-        return {"micro_batch": pairs * train.get("batch_size", d["batch_size"]), "seq_len": train.get("max_length", d["max_length"]),
+        return {"micro_batch": pairs * train.get("micro_batch_size", d["micro_batch_size"]), "seq_len": train.get("max_length", d["max_length"]),
                 "gradient_checkpointing": bool(train.get("gradient_checkpointing", False))}
     if module == "reward_model":
         rm = _resolved(params, "reward_model")
-        return {"micro_batch": 2 * rm.get("batch_size", d["batch_size"]), "seq_len": rm.get("max_length", d["max_length"]),
+        return {"micro_batch": 2 * rm.get("micro_batch_size", d["micro_batch_size"]), "seq_len": rm.get("max_length", d["max_length"]),
                 "gradient_checkpointing": bool(rm.get("gradient_checkpointing", False))}
     if module in ("ppo", "quark"):
         rl = _resolved(params, module)

@@ -24,7 +24,6 @@ projects only the positions that predict response tokens (see ``sequence_logps``
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -32,32 +31,31 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from afarm import distributed
 from afarm.data.preferences import chosen_rejected
 from afarm.models.lm import torch_threads
 from afarm.models.prompts import format_prompt
-from afarm.models.train import IGNORE_INDEX, TrainConfig, _optimizer, collate, tokenize_example, training_order
+from afarm.models.train import IGNORE_INDEX, TrainConfig, _optimizer, collate, optimizer_steps, tokenize_example, training_order
 
 
 def _dpo_train_defaults() -> TrainConfig:
     # Upstream examples/scripts/dpo.sh, unless noted: lr 1e-6, 2 epochs, per-device batch 1 x
     # accumulation 8 x 8 GPUs = 64 pairs a step, warmup 0.03, cosine, no weight decay, max length 512,
-    # seed 42, bf16. Other TrainConfig fields keep the HF TrainingArguments defaults, as upstream.
+    # seed 42, bf16 under FSDP. Other TrainConfig fields keep the HF TrainingArguments defaults, as upstream.
     return TrainConfig(
         learning_rate=1e-6,  # dpo.sh --learning_rate 1e-6
         num_epochs=2.0,  # dpo.sh --num_train_epochs 2
-        batch_size=1,  # dpo.sh --per_device_train_batch_size 1 (pairs)
-        gradient_accumulation_steps=8,  # dpo.sh --gradient_accumulation_steps 8, on 8 GPUs
+        batch_size=64,  # global, pairs: dpo.sh --per_device_train_batch_size 1 x --gradient_accumulation_steps 8 x 8 GPUs
+        micro_batch_size=1,  # dpo.sh --per_device_train_batch_size 1 (pairs)
         warmup_ratio=0.03,  # dpo.sh --warmup_ratio 0.03
         weight_decay=0.0,  # dpo.sh --weight_decay 0.0
         lr_scheduler="cosine",  # dpo.sh --lr_scheduler_type cosine
         max_length=512,  # dpo.sh --model_max_length 512
         seed=42,  # dpo.sh --seed 42
-        mixed_precision="no",  # paper scale: bf16 (dpo.sh --bf16 True), set in params.yaml
+        precision="fp32",  # paper scale: bf16_mixed (dpo.sh --bf16 True under FSDP), set in params.yaml
     )
 
 
@@ -161,7 +159,7 @@ def evaluate_pairs(policy, reference, tokenizer, data: Sequence[tuple[dict, dict
     was_training = policy.training
     policy.eval()
     margins, losses = [], []
-    size = max(cfg.train.batch_size, 8)
+    size = max(cfg.train.micro_batch_size, 8)
     for start in range(0, len(data), size):
         batch = {side: {k: v.to(device) for k, v in b.items()} for side, b in collate_pairs(data[start : start + size], tokenizer.pad_token_id).items()}
         loss, chosen, rejected = dpo_loss(*_pair_logps(policy, batch), *_pair_logps(reference, batch), cfg.beta)
@@ -195,7 +193,7 @@ def train_dpo(policy, reference, tokenizer, preferences: Sequence[dict], cfg: DP
 def _train_dpo(policy, reference, tokenizer, preferences, cfg: DPOConfig) -> dict:
     tc = cfg.train
     torch.manual_seed(tc.seed)
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision)
+    distributed.micro_batches(tc.batch_size, tc.micro_batch_size)  # the global batch must divide
     pairs, ties = preference_pairs(preferences)
     data, dropped = tokenize_pairs(tokenizer, pairs, tc.max_length)
     if not data:
@@ -203,60 +201,47 @@ def _train_dpo(policy, reference, tokenizer, preferences, cfg: DPOConfig) -> dic
     train_ids, eval_ids = split_eval(len(data), cfg.eval_size, tc.seed)
     train_data, eval_data = [data[i] for i in train_ids], [data[i] for i in eval_ids]
 
-    micro_per_step = tc.gradient_accumulation_steps * accelerator.num_processes
     if tc.max_steps is not None:
-        total = tc.max_steps * tc.batch_size * micro_per_step
+        total = tc.max_steps * tc.batch_size
     else:
         total = max(1, math.floor(tc.num_epochs * len(train_data)))
     lengths = [max(len(w["input_ids"]), len(l["input_ids"])) for w, l in train_data]
-    loader = DataLoader(
-        [train_data[i] for i in training_order(lengths, total, tc)],
-        batch_size=tc.batch_size,
-        shuffle=False,  # already shuffled per epoch from the seed
-        collate_fn=lambda items: collate_pairs(items, tokenizer.pad_token_id),
-    )
-    num_steps = tc.max_steps or math.ceil(len(loader) / micro_per_step)
+    steps = optimizer_steps(training_order(lengths, total, tc), tc)
+    num_steps = tc.max_steps or len(steps)
 
-    reference.requires_grad_(False)
-    reference.eval()
+    policy = distributed.prepare_model(policy, train=True, precision=tc.precision, gradient_checkpointing=tc.gradient_checkpointing)
+    reference = distributed.prepare_model(reference, train=False, precision=tc.precision)
     optimizer = _optimizer(policy, tc)
     scheduler = get_scheduler(tc.lr_scheduler, optimizer, num_warmup_steps=math.ceil(tc.warmup_ratio * num_steps), num_training_steps=num_steps)
-    policy, optimizer, loader = accelerator.prepare(policy, optimizer, loader)
-    reference = accelerator.prepare_model(reference, evaluation_mode=True)
     eval_before = evaluate_pairs(policy, reference, tokenizer, eval_data, cfg)
     policy.train()
-    batches = iter(loader)
+    device = distributed.device()
 
     log = {k: [] for k in ("losses", "reward_margins", "accuracies", "chosen_rewards", "rejected_rewards", "learning_rates")}
     start = time.perf_counter()
-    bar = tqdm(range(num_steps), desc="dpo", disable=not (tc.show_progress and accelerator.is_main_process))
-    for _ in bar:
-        micro = [b for b in (next(batches, None) for _ in range(tc.gradient_accumulation_steps)) if b is not None]
-        if not micro:
-            break
+    bar = tqdm(steps[:num_steps], desc="dpo", disable=not (tc.show_progress and distributed.is_main()))
+    for step_rows in bar:
+        share = distributed.step_share(step_rows)  # this rank's micro-batches, each with its loss divisor
         step = torch.zeros(5)  # loss, margin, accuracy, chosen reward, rejected reward (micro-batch means)
-        for k, batch in enumerate(micro):
+        for k, (rows, divisor) in enumerate(share):
+            batch = collate_pairs([train_data[i] for i in rows], tokenizer.pad_token_id)
+            batch = {side: {key: value.to(device) for key, value in b.items()} for side, b in batch.items()}
             with torch.no_grad():
                 ref_chosen, ref_rejected = _pair_logps(reference, batch)
-            with contextlib.nullcontext() if k == len(micro) - 1 else accelerator.no_sync(policy):
+            with distributed.accumulate(policy, sync=k == len(share) - 1):
                 loss, chosen, rejected = dpo_loss(*_pair_logps(policy, batch), ref_chosen, ref_rejected, cfg.beta)
-                accelerator.backward(loss / len(micro))
+                (loss / divisor).backward()
             margin = chosen - rejected
             values = [loss.detach(), margin.mean(), (margin > 0).float().mean(), chosen.mean(), rejected.mean()]
-            step += torch.stack([v.float().cpu() for v in values]) / len(micro)
-        if tc.max_grad_norm:
-            accelerator.clip_grad_norm_(policy.parameters(), tc.max_grad_norm)
+            step += torch.stack([v.float().cpu() for v in values]) / divisor
         log["learning_rates"].append(scheduler.get_last_lr()[0])
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step = accelerator.reduce(step.to(accelerator.device), reduction="mean").cpu().tolist()
+        distributed.optimizer_step(policy, optimizer, scheduler, tc.max_grad_norm)
+        step = distributed.mean_across_ranks(step.tolist())
         for key, value in zip(("losses", "reward_margins", "accuracies", "chosen_rewards", "rejected_rewards"), step):
             log[key].append(value)
         bar.set_postfix(loss=f"{step[0]:.3f}", margin=f"{step[1]:.3f}", acc=f"{step[2]:.2f}")
     seconds = time.perf_counter() - start
 
-    policy = accelerator.unwrap_model(policy, keep_fp32_wrapper=False)
     eval_after = evaluate_pairs(policy, reference, tokenizer, eval_data, cfg)
     policy.eval()
     return {

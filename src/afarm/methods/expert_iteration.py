@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from afarm import distributed
 from afarm.methods.best_of_n import BestOfNConfig, best_of_n
 from afarm.models.train import TrainConfig, train_causal_lm
 
@@ -36,6 +37,7 @@ def expert_iteration(policy, tokenizer, reward_model, reward_tokenizer, prompts:
     Returns (the selected (prompt, output) pairs, the ``best_of_n`` result, the training stats).
     """
     best = best_of_n(policy, tokenizer, reward_model, reward_tokenizer, prompts, cfg.best_of_n)
+    best = distributed.broadcast_object(best)  # several processes train on rank 0's selection
     data = select_expert_data(prompts, best)
     stats = train_causal_lm(policy, tokenizer, data, cfg.train, response_only=True)
     return data, best, stats

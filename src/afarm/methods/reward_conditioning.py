@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from afarm.io import atomic_dir
+from afarm import distributed
 from afarm.methods.dpo import preference_pairs
 from afarm.models.generate import PROMPT_PREFIX_FILE
 from afarm.models.train import TrainConfig, train_causal_lm
@@ -68,7 +68,4 @@ def train_reward_conditioning(model, tokenizer, preferences: Sequence[dict], cfg
 
 def save_conditioned_model(model, tokenizer, path: str | os.PathLike, cfg: RewardConditioningConfig) -> None:
     """Write model, tokenizer and the generation prefix (the positive token) to folder ``path`` atomically."""
-    with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / PROMPT_PREFIX_FILE).write_text(cfg.positive_token, encoding="utf-8")
+    distributed.save_model(model, tokenizer, path, extra_files={PROMPT_PREFIX_FILE: cfg.positive_token})

@@ -18,14 +18,15 @@ Loss (Bradley-Terry): ``mean(-log sigmoid(r_chosen - r_rejected))``, which is up
 for binary labels. Accuracy on a seeded held-out part of the preference set is logged before
 and after training (upstream reward_modeling.py splits ``eval_size = 500`` pairs off).
 
-The loop mirrors ``afarm.models.train``: plain PyTorch + ``accelerate`` (bf16 / multi-GPU at
-paper scale, a no-op on CPU), AdamW with HF Trainer defaults, warmup + cosine schedule,
-gradient accumulation and clipping, a seeded data order; same inputs, same weights on CPU.
+The loop mirrors ``afarm.models.train``: plain PyTorch + ``afarm.distributed`` (FSDP2 sharding
+and bf16 mixed precision at paper scale; one process at fp32 trains the model as is), AdamW
+with HF Trainer defaults, warmup + cosine schedule, a global batch of pairs split into
+micro-batches (accumulated, and shared between the processes), gradient clipping, a seeded
+data order; same inputs, same weights on CPU.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -34,15 +35,14 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, get_scheduler
 
+from afarm import distributed
 from afarm.data.preferences import chosen_rejected
-from afarm.io import atomic_dir
 from afarm.models.lm import torch_threads
 from afarm.models.prompts import format_prompt
-from afarm.models.train import tokenize_example, training_order
+from afarm.models.train import optimizer_steps, tokenize_example, training_order
 
 
 @dataclass
@@ -52,9 +52,9 @@ class RewardModelConfig:
     learning_rate: float = 3e-6  # reward_modeling.sh --learning_rate 3e-6
     num_epochs: float = 1.0  # reward_modeling.sh --num_train_epochs 1
     max_steps: int | None = None  # if set, overrides num_epochs (HF TrainingArguments semantics)
-    # Pairs per device micro-batch; effective batch = batch_size * accumulation * devices.
-    batch_size: int = 1  # reward_modeling.sh --per_device_train_batch_size 1
-    gradient_accumulation_steps: int = 2  # reward_modeling.sh: 2, x 8 GPUs = 16 pairs per step
+    # Global batch (pairs per optimizer step) = micro_batch_size x accumulation steps x devices.
+    batch_size: int = 16  # reward_modeling.sh: --per_device_train_batch_size 1 x --gradient_accumulation_steps 2 x 8 GPUs
+    micro_batch_size: int = 1  # reward_modeling.sh --per_device_train_batch_size 1 (pairs per forward pass and device)
     warmup_ratio: float = 0.03  # reward_modeling.sh --warmup_ratio 0.03
     weight_decay: float = 0.0  # reward_modeling.sh --weight_decay 0.0
     lr_scheduler: str = "cosine"  # reward_modeling.sh --lr_scheduler_type cosine
@@ -67,7 +67,8 @@ class RewardModelConfig:
     eval_batch_size: int = 4  # reward_modeling.sh --per_device_eval_batch_size 4 (pairs)
     seed: int = 42  # reward_modeling.sh --seed 42 (data order, held-out split, head init)
     num_threads: int | None = None  # torch CPU threads; None keeps torch's default
-    mixed_precision: str = "no"  # accelerate "no" | "bf16" | "fp16"; paper: bf16 (reward_modeling.sh --bf16 True)
+    precision: str = "fp32"  # "fp32" | "bf16_mixed"; paper: bf16_mixed (reward_modeling.sh --bf16 True under FSDP)
+    gradient_checkpointing: bool = False  # HF TrainingArguments default; reward_modeling.sh does not enable it
     show_progress: bool = True  # tqdm bar
 
 
@@ -101,7 +102,8 @@ def init_reward_model(sft_path_or_model, tokenizer, seed: int) -> PreTrainedMode
     torch.manual_seed(seed)
     try:
         if isinstance(sft_path_or_model, (str, os.PathLike)):
-            model = AutoModelForSequenceClassification.from_pretrained(sft_path_or_model, num_labels=1, dtype="auto")
+            # float32: the weights it trains are the fp32 masters (also under bf16 mixed precision)
+            model = AutoModelForSequenceClassification.from_pretrained(sft_path_or_model, num_labels=1, dtype=torch.float32)
         else:  # an in-memory causal LM: same architecture, its weights, a new head
             values = {k: v for k, v in sft_path_or_model.config.to_dict().items() if k not in ("id2label", "label2id")}
             config = sft_path_or_model.config.__class__.from_dict({**values, "num_labels": 1})
@@ -139,7 +141,7 @@ def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
 
     HF's sequence classifier pools at the rightmost token that is not the pad id; since pads
     are exactly the mask-0 positions (``encode``/``pad_batch``), that is ``last_token_index``.
-    Calling the model itself (not its parts) keeps accelerate's autocast and DDP hooks.
+    Calling the model itself (not its parts) keeps FSDP's hooks (gather, mixed precision).
     """
     # Right padding leaves real tokens at positions 0, 1, ...; only left padding needs explicit positions
     # (passing them always would also cost HF's fast path for unpadded batches).
@@ -191,6 +193,7 @@ def train_reward_model(sft_path_or_model, tokenizer, preferences: list[dict], cf
     """
     with torch_threads(cfg.num_threads):
         model = init_reward_model(sft_path_or_model, tokenizer, cfg.seed)
+        model = distributed.prepare_model(model, train=True, precision=cfg.precision, gradient_checkpointing=cfg.gradient_checkpointing)
         pairs, ties = preference_pairs(tokenizer, preferences, cfg.max_length)
         train_idx, eval_idx = split_held_out(len(pairs), cfg.eval_size, cfg.seed)
         train, held_out = [pairs[i] for i in train_idx], [pairs[i] for i in eval_idx]
@@ -210,48 +213,40 @@ def _optimizer(model, cfg: RewardModelConfig) -> torch.optim.Optimizer:
 
 def _train(model, tokenizer, pairs, cfg: RewardModelConfig) -> dict:
     torch.manual_seed(cfg.seed)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
-    micro_per_step = cfg.gradient_accumulation_steps * accelerator.num_processes
-    pairs_per_step = cfg.batch_size * micro_per_step
-    total = cfg.max_steps * pairs_per_step if cfg.max_steps is not None else max(1, math.floor(cfg.num_epochs * len(pairs)))
-    order = training_order([len(c) + len(r) for c, r in pairs], total, cfg)
-    micro_batches = [[pairs[i] for i in order[k : k + cfg.batch_size]] for k in range(0, len(order), cfg.batch_size)]
-    mine = micro_batches[accelerator.process_index :: accelerator.num_processes]  # this process's share
-    num_steps = cfg.max_steps or math.ceil(len(micro_batches) / micro_per_step)
+    distributed.micro_batches(cfg.batch_size, cfg.micro_batch_size)  # the global batch must divide
+    total = cfg.max_steps * cfg.batch_size if cfg.max_steps is not None else max(1, math.floor(cfg.num_epochs * len(pairs)))
+    steps = optimizer_steps(training_order([len(c) + len(r) for c, r in pairs], total, cfg), cfg)
+    num_steps = cfg.max_steps or len(steps)
 
+    model = distributed.prepare_model(model, train=True, precision=cfg.precision, gradient_checkpointing=cfg.gradient_checkpointing)
     optimizer = _optimizer(model, cfg)
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * num_steps),
                               num_training_steps=num_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
-    batches = iter(mine)
+    device = distributed.device()
 
     losses, accuracies, learning_rates, start = [], [], [], time.perf_counter()
-    bar = tqdm(range(num_steps), desc="reward model", disable=not (cfg.show_progress and accelerator.is_main_process))
-    for _ in bar:
-        micro = [b for b in (next(batches, None) for _ in range(cfg.gradient_accumulation_steps)) if b is not None]
-        if not micro:
-            break
+    bar = tqdm(steps[:num_steps], desc="reward model", disable=not (cfg.show_progress and distributed.is_main()))
+    for step in bar:
+        share = distributed.step_share(step)  # this rank's micro-batches, each with its loss divisor
         step_loss = step_acc = 0.0
-        for k, chunk in enumerate(micro):
+        for k, (rows, divisor) in enumerate(share):
+            chunk = [pairs[i] for i in rows]
             input_ids, attention_mask = _pair_batch(chunk, tokenizer.pad_token_id)
-            with contextlib.nullcontext() if k == len(micro) - 1 else accelerator.no_sync(model):
-                rewards = sequence_rewards(model, input_ids.to(accelerator.device), attention_mask.to(accelerator.device))
+            with distributed.accumulate(model, sync=k == len(share) - 1):
+                rewards = sequence_rewards(model, input_ids.to(device), attention_mask.to(device))
                 chosen, rejected = rewards[: len(chunk)], rewards[len(chunk) :]
                 loss = bradley_terry_loss(chosen, rejected)
-                accelerator.backward(loss / len(micro))
-            step_loss += loss.detach() / len(micro)
-            step_acc += (chosen > rejected).float().mean().detach() / len(micro)
-        if cfg.max_grad_norm:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                (loss / divisor).backward()
+            step_loss += loss.detach() / divisor
+            step_acc += (chosen > rejected).float().mean().detach() / divisor
         learning_rates.append(scheduler.get_last_lr()[0])
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(accelerator.reduce(step_loss, reduction="mean").item())
-        accuracies.append(accelerator.reduce(step_acc, reduction="mean").item())
+        distributed.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+        step_loss, step_acc = distributed.mean_across_ranks([float(step_loss), float(step_acc)])
+        losses.append(step_loss)
+        accuracies.append(step_acc)
         bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{accuracies[-1]:.2f}")
-    accelerator.unwrap_model(model, keep_fp32_wrapper=False).eval()
+    model.eval()
     return {"losses": losses, "accuracies": accuracies, "learning_rates": learning_rates, "num_steps": len(losses),
             "seconds": time.perf_counter() - start}
 
@@ -278,10 +273,9 @@ def evaluate_pairs(model, tokenizer, pairs: Sequence[tuple[list[int], list[int]]
 
 
 def save_reward_model(model: PreTrainedModel, tokenizer, path: str | os.PathLike) -> None:
-    """Write model (safetensors) and tokenizer to folder ``path`` atomically (as ``save_model``)."""
-    with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+    """Write model (safetensors) and tokenizer to folder ``path`` atomically (as ``save_model``; a sharded
+    model is gathered and written by rank 0)."""
+    distributed.save_model(model, tokenizer, path)
 
 
 def load_reward_model(path: str | os.PathLike) -> tuple[PreTrainedModel, object]:

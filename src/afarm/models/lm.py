@@ -15,7 +15,6 @@ from typing import Iterator
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
-from afarm.io import atomic_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -83,11 +82,12 @@ def save_model(model: PreTrainedModel, tokenizer, path: str | os.PathLike) -> No
     """Write model (safetensors) and tokenizer to folder ``path`` atomically.
 
     The bytes depend only on the weights, config and tokenizer (no timestamps), so identical
-    weights give identical files.
+    weights give identical files. A model sharded over several processes is gathered and
+    written by rank 0 (``afarm.distributed.save_model``).
     """
-    with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+    from afarm import distributed
+
+    distributed.save_model(model, tokenizer, path)
 
 
 def load_model(path: str | os.PathLike, dtype: str | None = None) -> tuple[PreTrainedModel, object]:

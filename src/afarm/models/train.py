@@ -6,28 +6,29 @@ are exactly those that generation later sees. With ``response_only`` (SFT, as up
 AlpacaFarm) the loss is on the response and EOS tokens only; otherwise (our tiny base-model
 pretraining) on every token after BOS. Padding never carries loss.
 
-The loop is plain PyTorch with ``accelerate.Accelerator`` (device placement, data sharding
-and gradient sync across GPUs; on CPU it is a no-op). Like upstream's HF Trainer, the loss of
-a micro-batch is the mean over its label tokens, and an optimizer step averages its
-micro-batches. Deterministic on CPU: the data order comes from ``seed`` alone and the model
-has no dropout, so the same inputs give the same weights, bit for bit, for a fixed
+The loop is plain PyTorch; ``afarm.distributed`` shards the model over the stage's processes
+(FSDP2; one process at fp32: the model as is) and gives each rank its share of every
+optimizer step's micro-batches. ``batch_size`` is the global batch (examples per optimizer
+step) and ``micro_batch_size`` the examples per forward pass on one device, so the same params
+give the same steps, in the same order, for any number of processes. Like upstream's HF
+Trainer, the loss of a micro-batch is the mean over its label tokens, and an optimizer step
+averages its micro-batches. Deterministic on CPU: the data order comes from ``seed`` alone and
+the model has no dropout, so the same inputs give the same weights, bit for bit, for a fixed
 ``num_threads``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from accelerate import Accelerator
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from afarm import distributed
 from afarm.models.lm import torch_threads
 
 IGNORE_INDEX = -100  # label value the loss ignores (torch cross_entropy default, as upstream constants.py)
@@ -40,9 +41,10 @@ class TrainConfig:
     learning_rate: float = 2e-5  # sft.sh --learning_rate 2e-5
     num_epochs: float = 3.0  # sft.sh --num_train_epochs 3 (fractions allowed)
     max_steps: int | None = None  # if set, overrides num_epochs (HF TrainingArguments semantics)
-    # Per-device micro-batch; effective batch = batch_size * gradient_accumulation_steps * devices.
-    batch_size: int = 1  # sft.sh --per_device_train_batch_size 1
-    gradient_accumulation_steps: int = 16  # sft.sh: 16, on 8 GPUs (torchrun --nproc_per_node=8) = batch 128
+    # Global batch (examples per optimizer step) = micro_batch_size x accumulation steps x devices;
+    # the accumulation steps follow (afarm.distributed.micro_batches).
+    batch_size: int = 128  # sft.sh: --per_device_train_batch_size 1 x --gradient_accumulation_steps 16 x 8 GPUs
+    micro_batch_size: int = 1  # sft.sh --per_device_train_batch_size 1 (examples per forward pass and device)
     warmup_ratio: float = 0.03  # sft.sh --warmup_ratio 0.03
     weight_decay: float = 0.0  # sft.sh --weight_decay 0.0
     lr_scheduler: str = "cosine"  # sft.sh --lr_scheduler_type cosine; any transformers.get_scheduler name
@@ -50,11 +52,14 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)  # HF TrainingArguments default (optim adamw_torch)
     adam_eps: float = 1e-8  # HF TrainingArguments default
     max_length: int = 512  # sft.sh --model_max_length 512 (longer sequences are truncated)
-    # Batch examples of similar length together (within windows of 64 micro-batches): less padding.
+    # Put examples of similar length in a micro-batch (within windows of 64 micro-batches): less padding.
     group_by_length: bool = False  # HF TrainingArguments default; our tiny scale sets True for speed
     seed: int = 42  # sft.sh --seed 42
     num_threads: int | None = None  # torch CPU threads; None keeps torch's default (one per core)
-    mixed_precision: str = "no"  # accelerate's "no" | "bf16" | "fp16"; paper: bf16 (sft.sh --bf16 True)
+    # "fp32" | "bf16_mixed" (fp32 master weights, bf16 forward/backward, fp32 gradient reduction; see
+    # afarm.distributed.prepare_model). Paper: bf16_mixed, as sft.sh --bf16 True under FSDP.
+    precision: str = "fp32"
+    gradient_checkpointing: bool = False  # HF TrainingArguments default; upstream sft.sh does not enable it
     show_progress: bool = True  # tqdm bar
 
 
@@ -109,11 +114,12 @@ def training_order(lengths: Sequence[int], num_examples: int, cfg: TrainConfig) 
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         perm = torch.randperm(n, generator=gen).tolist()
         if cfg.group_by_length:
-            window = 64 * cfg.batch_size
+            size = cfg.micro_batch_size
+            window = 64 * size
             grouped = []
             for start in range(0, n, window):
                 chunk = sorted(perm[start : start + window], key=lambda i: -lengths[i])
-                batches = [chunk[k : k + cfg.batch_size] for k in range(0, len(chunk), cfg.batch_size)]
+                batches = [chunk[k : k + size] for k in range(0, len(chunk), size)]
                 for b in torch.randperm(len(batches), generator=gen).tolist():
                     grouped.extend(batches[b])
             perm = grouped
@@ -135,7 +141,8 @@ def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
 def train_causal_lm(model, tokenizer, examples: Sequence[tuple[str, str]], cfg: TrainConfig, response_only: bool) -> dict:
     """Train ``model`` in place on (prompt, response) pairs; return training statistics.
 
-    Returns a dict with ``losses`` and ``learning_rates`` (one per optimizer step), ``num_steps``,
+    Returns a dict with ``losses``, ``learning_rates`` and ``grad_norms`` (total, before clipping;
+    one per optimizer step), ``num_steps``,
     ``num_examples``, ``dropped_examples`` (no label token left after truncation),
     ``num_tokens`` (label tokens seen), ``seconds``.
     """
@@ -143,28 +150,29 @@ def train_causal_lm(model, tokenizer, examples: Sequence[tuple[str, str]], cfg: 
         return _train(model, tokenizer, examples, cfg, response_only)
 
 
+def optimizer_steps(order: Sequence[int], cfg) -> list[list[list[int]]]:
+    """``order`` cut into micro-batches of ``cfg.micro_batch_size`` and those into optimizer steps of
+    ``cfg.batch_size`` examples (the last step may be short). Independent of the process count."""
+    micro = [list(order[k : k + cfg.micro_batch_size]) for k in range(0, len(order), cfg.micro_batch_size)]
+    per_step = cfg.batch_size // cfg.micro_batch_size
+    return [micro[k : k + per_step] for k in range(0, len(micro), per_step)]
+
+
 def _train(model, tokenizer, examples, cfg: TrainConfig, response_only: bool) -> dict:
     torch.manual_seed(cfg.seed)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    distributed.micro_batches(cfg.batch_size, cfg.micro_batch_size)  # the global batch must divide
     data, dropped = tokenize_examples(tokenizer, examples, cfg, response_only)
     if not data:
         raise ValueError("no training example has a label token (all empty or truncated away)")
 
-    micro_per_step = cfg.gradient_accumulation_steps * accelerator.num_processes
-    examples_per_step = cfg.batch_size * micro_per_step
     if cfg.max_steps is not None:
-        total_examples = cfg.max_steps * examples_per_step
+        total_examples = cfg.max_steps * cfg.batch_size
     else:
         total_examples = max(1, math.floor(cfg.num_epochs * len(data)))
-    order = training_order([len(d["input_ids"]) for d in data], total_examples, cfg)
-    loader = DataLoader(
-        [data[i] for i in order],
-        batch_size=cfg.batch_size,
-        shuffle=False,  # the order above is already shuffled, per epoch, from the seed
-        collate_fn=lambda feats: collate(feats, tokenizer.pad_token_id),
-    )
-    num_steps = cfg.max_steps or math.ceil(len(loader) / micro_per_step)
+    steps = optimizer_steps(training_order([len(d["input_ids"]) for d in data], total_examples, cfg), cfg)
+    num_steps = cfg.max_steps or len(steps)
 
+    model = distributed.prepare_model(model, train=True, precision=cfg.precision, gradient_checkpointing=cfg.gradient_checkpointing)
     optimizer = _optimizer(model, cfg)
     scheduler = get_scheduler(
         cfg.lr_scheduler,
@@ -172,37 +180,31 @@ def _train(model, tokenizer, examples, cfg: TrainConfig, response_only: bool) ->
         num_warmup_steps=math.ceil(cfg.warmup_ratio * num_steps),  # as HF TrainingArguments.get_warmup_steps
         num_training_steps=num_steps,
     )
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     model.train()
-    batches = iter(loader)  # this process's share of the micro-batches
+    device = distributed.device()
 
-    losses, learning_rates, num_tokens, start = [], [], 0, time.perf_counter()
-    bar = tqdm(range(num_steps), desc="train", disable=not (cfg.show_progress and accelerator.is_main_process))
-    for _ in bar:
-        micro = [b for b in (next(batches, None) for _ in range(cfg.gradient_accumulation_steps)) if b is not None]
-        if not micro:
-            break
+    losses, learning_rates, grad_norms, num_tokens, start = [], [], [], 0, time.perf_counter()
+    bar = tqdm(steps[:num_steps], desc="train", disable=not (cfg.show_progress and distributed.is_main()))
+    for step in bar:
+        share = distributed.step_share(step)  # this rank's micro-batches, each with its loss divisor
         step_loss = 0.0
-        for k, batch in enumerate(micro):
-            last = k == len(micro) - 1
-            with contextlib.nullcontext() if last else accelerator.no_sync(model):
+        for k, (rows, divisor) in enumerate(share):
+            batch = {key: value.to(device) for key, value in collate([data[i] for i in rows], tokenizer.pad_token_id).items()}
+            with distributed.accumulate(model, sync=k == len(share) - 1):
                 loss = model(**batch).loss  # mean over this micro-batch's label tokens
-                accelerator.backward(loss / len(micro))
-            step_loss += loss.detach().float() / len(micro)
-            num_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        if cfg.max_grad_norm:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                (loss / divisor).backward()
+            step_loss += loss.detach().float() / divisor
+        num_tokens += sum(label != IGNORE_INDEX for rows in step for i in rows for label in data[i]["labels"][1:])
         learning_rates.append(scheduler.get_last_lr()[0])
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(accelerator.reduce(step_loss, reduction="mean").item())
+        grad_norms.append(distributed.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm))
+        losses.append(distributed.mean_across_ranks(float(step_loss)))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
 
-    accelerator.unwrap_model(model, keep_fp32_wrapper=False).eval()  # trained in place; drops autocast wrapper
+    model.eval()  # trained in place
     return {
         "losses": losses,
         "learning_rates": learning_rates,
+        "grad_norms": grad_norms,
         "num_steps": len(losses),
         "num_examples": len(data),
         "dropped_examples": dropped,
@@ -228,8 +230,9 @@ def _evaluate_loss(model, tokenizer, examples, cfg: TrainConfig, response_only: 
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for start in range(0, len(data), max(cfg.batch_size, 8)):
-        batch = collate(data[start : start + max(cfg.batch_size, 8)], tokenizer.pad_token_id)
+    size = max(cfg.micro_batch_size, 8)
+    for start in range(0, len(data), size):
+        batch = collate(data[start : start + size], tokenizer.pad_token_id)
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         targets = batch["labels"][:, 1:]

@@ -40,6 +40,20 @@ def check_params(params: dict) -> None:
         _launch.launch_config(params)
 
 
+def check_training(params: dict, key: str, cfg) -> None:
+    """Stop at start, naming the params key, when training config ``cfg`` (params ``key``) has an
+    unknown ``precision`` or a global ``batch_size`` that ``micro_batch_size`` x processes does not divide."""
+    from afarm import distributed
+
+    where = params.get("_path", "params.yaml")
+    if cfg.precision not in distributed.PRECISIONS:
+        raise InputError(where, f"expected one of {list(distributed.PRECISIONS)}, got {cfg.precision!r}", field=f"{key}.precision")
+    try:
+        distributed.micro_batches(cfg.batch_size, cfg.micro_batch_size, key=f"{key}.batch_size")
+    except distributed.DistributedError as err:
+        raise InputError(where, str(err), field=f"{key}.batch_size") from None
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")

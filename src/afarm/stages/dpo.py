@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+from afarm import distributed
 from afarm.config import stage_config
 from afarm.data.preferences import read_preferences
 from afarm.io import write_json
 from afarm.methods.dpo import DPOConfig, train_dpo
 from afarm.models.lm import load_model, save_model
-from afarm.stages._cli import parser, run
+from afarm.stages._cli import check_training, parser, run
 
 
 def main(args, params) -> None:
     cfg = stage_config(params, "dpo", DPOConfig)
+    check_training(params, "dpo.train", cfg.train)
     preferences = read_preferences(args.preferences)
-    policy, tokenizer = load_model(args.sft)
-    reference, _ = load_model(args.sft)
+    policy, tokenizer = load_model(args.sft, dtype="float32")  # the trained weights are fp32 masters
+    reference, _ = load_model(args.sft)  # frozen: its stored dtype (bf16 under bf16_mixed, see prepare_model)
     stats = train_dpo(policy, reference, tokenizer, preferences, cfg)
-    save_model(policy, tokenizer, args.out)
+    save_model(policy, tokenizer, args.out)  # gathered, written by rank 0
+    if not distributed.is_main():
+        return
     tail = max(1, len(stats["losses"]) // 10)  # the last 10% of the steps
 
     def last(key: str) -> float:

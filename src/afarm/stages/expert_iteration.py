@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
+from afarm import distributed
 from afarm.config import stage_config
 from afarm.io import read_records, write_json
 from afarm.methods.expert_iteration import ExpertIterationConfig, expert_iteration
 from afarm.methods.reward_model import load_reward_model
 from afarm.models.lm import load_model, save_model
 from afarm.models.prompts import format_prompt
-from afarm.stages._cli import parser, run
+from afarm.stages._cli import check_training, parser, run
 
 
 @dataclass
@@ -22,15 +21,18 @@ class ExpertIterationStageConfig(ExpertIterationConfig):
 
 def main(args, params) -> None:
     cfg = stage_config(params, "expert_iteration", ExpertIterationStageConfig)
+    check_training(params, "expert_iteration.train", cfg.train)
     rows = read_records(args.unlabeled, required=("instruction", "input"), nonempty=("instruction",),
                         types={"instruction": str, "input": str})[: cfg.limit]
-    policy, tokenizer = load_model(args.sft)
+    policy, tokenizer = load_model(args.sft, dtype="float32")  # the trained weights are fp32 masters
     reward_model, reward_tokenizer = load_reward_model(args.reward_model)
-    if torch.cuda.is_available():  # paper scale: sample and score on the GPU
-        policy, reward_model = policy.to("cuda"), reward_model.to("cuda")
+    # paper scale: sample and score on this process's GPU (CPU otherwise)
+    policy, reward_model = policy.to(distributed.device()), reward_model.to(distributed.device())
     prompts = [format_prompt(r["instruction"], r["input"]) for r in rows]
     _, best, stats = expert_iteration(policy, tokenizer, reward_model, reward_tokenizer, prompts, cfg)
-    save_model(policy, tokenizer, args.out)
+    save_model(policy, tokenizer, args.out)  # gathered, written by rank 0
+    if not distributed.is_main():
+        return
     write_json(args.data, [
         {"instruction": r["instruction"], "input": r["input"], "output": out, "reward": rewards[i], "index": i}
         for r, out, rewards, i in zip(rows, best["outputs"], best["rewards"], best["indices"])

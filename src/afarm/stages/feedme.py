@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from afarm import distributed
 from afarm.config import stage_config
 from afarm.data.instructions import read_examples
 from afarm.data.preferences import read_preferences
@@ -9,18 +10,22 @@ from afarm.io import write_json
 from afarm.methods.feedme import FeedMEConfig, train_feedme
 from afarm.models.lm import load_model, save_model
 from afarm.models.train import evaluate_loss
-from afarm.stages._cli import parser, run
+from afarm.stages._cli import check_training, parser, run
 
 
 def main(args, params) -> None:
     cfg = stage_config(params, "feedme", FeedMEConfig)
+    check_training(params, "feedme.train", cfg.train)
     preferences = read_preferences(args.preferences)
     validation = read_examples(args.validation)
-    model, tokenizer = load_model(args.sft)
+    model, tokenizer = load_model(args.sft, dtype="float32")  # the trained weights are fp32 masters
+    model = distributed.prepare_model(model, train=True, precision=cfg.train.precision, gradient_checkpointing=cfg.train.gradient_checkpointing)
     before = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
     stats = train_feedme(model, tokenizer, preferences, cfg)
     after = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
-    save_model(model, tokenizer, args.out)
+    save_model(model, tokenizer, args.out)  # gathered, written by rank 0
+    if not distributed.is_main():
+        return
     write_json(
         args.metrics,
         {

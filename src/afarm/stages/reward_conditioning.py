@@ -6,6 +6,7 @@ The model folder it writes holds ``prompt_prefix.txt`` (the positive control tok
 
 from __future__ import annotations
 
+from afarm import distributed
 from afarm.config import stage_config
 from afarm.data.instructions import read_examples
 from afarm.data.preferences import read_preferences
@@ -13,18 +14,21 @@ from afarm.io import write_json
 from afarm.methods.reward_conditioning import RewardConditioningConfig, save_conditioned_model, train_reward_conditioning
 from afarm.models.lm import load_model
 from afarm.models.train import evaluate_loss
-from afarm.stages._cli import parser, run
+from afarm.stages._cli import check_training, parser, run
 
 
 def main(args, params) -> None:
     cfg = stage_config(params, "reward_conditioning", RewardConditioningConfig)
+    check_training(params, "reward_conditioning.train", cfg.train)
     preferences = read_preferences(args.preferences)
     # Validation loss of the plain SFT data, conditioned on the positive token as at generation time.
     validation = [(cfg.positive_token + p, r) for p, r in read_examples(args.validation)]
-    model, tokenizer = load_model(args.sft)
+    model, tokenizer = load_model(args.sft, dtype="float32")  # the trained weights are fp32 masters
     stats = train_reward_conditioning(model, tokenizer, preferences, cfg)
     after = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
-    save_conditioned_model(model, tokenizer, args.out, cfg)
+    save_conditioned_model(model, tokenizer, args.out, cfg)  # gathered, written by rank 0
+    if not distributed.is_main():
+        return
     write_json(
         args.metrics,
         {

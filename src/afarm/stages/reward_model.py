@@ -6,11 +6,12 @@ import logging
 
 from transformers import AutoTokenizer
 
+from afarm import distributed
 from afarm.config import stage_config
 from afarm.data.preferences import read_preferences
 from afarm.io import write_json
 from afarm.methods.reward_model import RewardModelConfig, save_reward_model, train_reward_model
-from afarm.stages._cli import parser, run
+from afarm.stages._cli import check_training, parser, run
 
 log = logging.getLogger("afarm.stages.reward_model")
 
@@ -24,10 +25,13 @@ def curve(values: list[float], bins: int = 20) -> list[float]:
 
 def main(args, params) -> None:
     cfg = stage_config(params, "reward_model", RewardModelConfig)
+    check_training(params, "reward_model", cfg)
     preferences = read_preferences(args.preferences)
     tokenizer = AutoTokenizer.from_pretrained(args.sft)
     model, stats = train_reward_model(args.sft, tokenizer, preferences, cfg)
-    save_reward_model(model, tokenizer, args.out)
+    save_reward_model(model, tokenizer, args.out)  # gathered, written by rank 0
+    if not distributed.is_main():
+        return
     losses, tenth = stats["losses"], max(1, len(stats["losses"]) // 10)
     log.info("%d steps in %.0f s; held-out accuracy %s", stats["num_steps"], stats["seconds"], stats["eval_after"])
     write_json(args.metrics, {

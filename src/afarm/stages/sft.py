@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from afarm import distributed
 from afarm.config import stage_config
 from afarm.data.instructions import read_examples
 from afarm.io import write_json
 from afarm.models.lm import load_model, save_model
 from afarm.models.train import TrainConfig, evaluate_loss, train_causal_lm
-from afarm.stages._cli import parser, run
+from afarm.stages._cli import check_training, parser, run
 
 
 @dataclass
@@ -25,13 +26,17 @@ class SFTConfig:
 
 def main(args, params) -> None:
     cfg = stage_config(params, "sft", SFTConfig)
-    model, tokenizer = load_model(args.base_model)
+    check_training(params, "sft.train", cfg.train)
+    model, tokenizer = load_model(args.base_model, dtype="float32")  # the trained weights are fp32 masters
+    model = distributed.prepare_model(model, train=True, precision=cfg.train.precision, gradient_checkpointing=cfg.train.gradient_checkpointing)
     validation = read_examples(args.validation)
     before = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
     train = [example for path in args.sft for example in read_examples(path)][: args.max_examples]
     stats = train_causal_lm(model, tokenizer, train, cfg.train, response_only=True)
     after = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
-    save_model(model, tokenizer, args.out)
+    save_model(model, tokenizer, args.out)  # gathered, written by rank 0
+    if not distributed.is_main():
+        return
     write_json(
         args.metrics,
         {
