@@ -287,9 +287,9 @@ def sample_responses(model, queries: torch.Tensor, query_mask: torch.Tensor, max
     EOS have mask 1; logprobs / entropies are those of the sampling distribution (logits / temperature).
 
     ``synced``: every rank calls this together on a sharded model, whose every forward pass gathers
-    weights from all ranks. A rank whose rows have all ended keeps running forward passes (on padding,
-    results unused, no random numbers drawn) until every rank's rows have ended, as Hugging Face's
-    ``generate(synced_gpus=True)``; its outputs are the same as unsynced.
+    weights from all ranks. A rank whose rows have all ended (EOS or its ``max_new_tokens``) keeps
+    running forward passes (on padding, results unused, no random numbers drawn) until every rank's
+    rows have, as Hugging Face's ``generate(synced_gpus=True)``; its outputs are the same as unsynced.
     """
     device = queries.device
     attention_mask, pos = query_mask, position_ids(query_mask)
@@ -298,8 +298,8 @@ def sample_responses(model, queries: torch.Tensor, query_mask: torch.Tensor, max
     done = torch.zeros(queries.size(0), dtype=torch.bool, device=device)
     tokens, masks, logprobs, entropies = [], [], [], []
     logits = out.logits[:, -1]
-    ended = False  # all of this rank's rows have ended
-    for step in range(max_new_tokens):
+    ended = False  # every row of this rank has reached EOS or max_new_tokens
+    while True:
         if not ended:
             logp = torch.log_softmax(logits.float() / temperature, dim=-1)
             token = torch.multinomial(logp.exp().cpu(), 1, generator=generator).squeeze(-1).to(device)
@@ -310,10 +310,10 @@ def sample_responses(model, queries: torch.Tensor, query_mask: torch.Tensor, max
             entropies.append(-(logp.exp() * logp).sum(-1))
             done = done | (token == eos_id)
             fed, fed_mask = token, masks[-1]
-            ended = bool(done.all())
+            ended = bool(done.all()) or len(tokens) == max_new_tokens
         else:  # waiting for other ranks: feed padding that no position attends to
             fed, fed_mask = torch.full_like(fed, pad_id), torch.zeros_like(fed_mask)
-        if step == max_new_tokens - 1 or (distributed.mean_across_ranks(float(ended)) == 1.0 if synced else ended):
+        if (distributed.mean_across_ranks(float(ended)) == 1.0) if synced else ended:
             break
         attention_mask = torch.cat([attention_mask, fed_mask.long()[:, None]], dim=1)  # the fed token's mask
         out = model(input_ids=fed[:, None], attention_mask=attention_mask, position_ids=next_pos, past_key_values=cache, use_cache=True)
@@ -531,6 +531,24 @@ def num_ppo_steps(num_prompts: int, cfg: PPOConfig) -> int:
     return max(1, min(steps, cfg.max_steps) if cfg.max_steps is not None else steps)
 
 
+class _StepLater:
+    """A stand-in schedule for ``afarm.distributed.optimizer_step``: PPO and Quark step their
+    learning-rate schedule once per rollout batch (upstream rl_trainer.py), not per optimizer step."""
+
+    def step(self) -> None:
+        pass
+
+
+STEP_SCHEDULE_LATER = _StepLater()
+
+
+def mean_stats(stats: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of each statistic over this rank's micro-batches, then over the ranks (every rank
+    ran as many micro-batches): the mean over the step's micro-batches, as with one process."""
+    keys = list(stats[0])
+    return dict(zip(keys, distributed.mean_across_ranks([sum(d[k] for d in stats) / len(stats) for k in keys])))
+
+
 def check_ppo_batches(cfg: PPOConfig, world: int) -> None:
     """``ValueError`` (naming the ``ppo.`` keys) unless the global batches split over ``world`` processes."""
     if cfg.rollout_batch_size % cfg.step_batch_size:
@@ -602,9 +620,8 @@ def _train_ppo(policy, ref_policy, value_model, reward_fn, tokenizer, prompts, c
                         loss, stats = ppo_loss(policy, value_model, {k: v[idx] for k, v in batch.items()}, cfg)
                         (loss / divisor).backward()
                     step_stats.append(stats)
-                grad_norm = distributed.optimizer_step(actor_critic, optimizer, None, cfg.max_grad_norm)
-                means = {k: distributed.mean_across_ranks(sum(d[k] for d in step_stats) / len(step_stats)) for k in step_stats[0]}
-                train_stats.append(means | {"grad_norm": grad_norm})
+                grad_norm = distributed.optimizer_step(actor_critic, optimizer, STEP_SCHEDULE_LATER, cfg.max_grad_norm)
+                train_stats.append(mean_stats(step_stats) | {"grad_norm": grad_norm})
         scheduler.step()
 
         mask = batch["response_mask"].float()

@@ -46,12 +46,14 @@ from transformers import get_scheduler
 
 from afarm import distributed
 from afarm.methods.ppo import (
+    STEP_SCHEDULE_LATER,
     PromptStream,
     RewardFn,
     check_batches,
     entropy_from_logits,
     left_pad,
     masked_mean,
+    mean_stats,
     response_logits,
     rollout_share,
     sample_responses,
@@ -319,8 +321,8 @@ def _train_quark(policy, ref_policy, reward_fn, tokenizer, prompts, cfg: QuarkCo
                     loss, stats = quark_loss(policy, ref_policy, batch, cfg, vocab_size)
                     (loss / divisor).backward()
                 step_stats.append(stats)
-            distributed.optimizer_step(policy, optimizer, None, cfg.max_grad_norm)
-            train_stats.append({k: distributed.mean_across_ranks(sum(s[k] for s in step_stats) / len(step_stats)) for k in step_stats[0]})
+            distributed.optimizer_step(policy, optimizer, STEP_SCHEDULE_LATER, cfg.max_grad_norm)
+            train_stats.append(mean_stats(step_stats))
         scheduler.step()
         policy.eval()
         log.append(
