@@ -197,3 +197,54 @@ def test_ranks_sample_different_lengths_from_a_sharded_policy(inputs, tmp_path):
         # Same weights, same generator: the sharded policy samples exactly the unsharded one's tokens.
         assert r["ours_equal"] and r["hf_equal"], r
         assert r["logprob_diff"] < 1e-5, r
+
+
+# ---------------------------------------------------------------- in one process (no launch)
+
+
+def test_batches_must_split_over_the_processes():
+    from afarm.methods.ppo import PPOConfig, check_ppo_batches
+
+    cfg = PPOConfig(rollout_batch_size=512, rollout_micro_batch_size=32, step_batch_size=256, step_micro_batch_size=2, rollout_seeding="per_chunk")
+    check_ppo_batches(cfg, 8)  # the paper: 512 = 8 x 2 x 32, 256 = 8 x 16 x 2
+    with pytest.raises(ValueError, match=r"ppo\.rollout_batch_size 512 must be a multiple of rollout_micro_batch_size 32 x 32 processes = 1024"):
+        check_ppo_batches(cfg, 32)
+    with pytest.raises(ValueError, match=r"ppo\.step_batch_size 256 must be a multiple of step_micro_batch_size 2 x 256 process\(es\) = 512"):
+        check_ppo_batches(PPOConfig(**{**cfg.__dict__, "rollout_micro_batch_size": 1}), 256)
+    with pytest.raises(ValueError, match="rollout_seeding 'stream'.*per_chunk"):
+        check_ppo_batches(PPOConfig(**{**cfg.__dict__, "rollout_seeding": "stream"}), 8)
+    check_ppo_batches(PPOConfig(**{**cfg.__dict__, "rollout_seeding": "stream", "rollout_micro_batch_size": 48}), 1)  # one process: a short last chunk is fine
+
+
+def test_rollout_shares_of_two_ranks_are_the_one_process_rollouts(inputs, monkeypatch):
+    """Rank 0 and rank 1 (simulated in this process) sample their halves with per-chunk generators;
+    gathered, they are exactly one process's rollouts: same tokens, logprobs, values and scores."""
+    from afarm import distributed
+    from afarm.methods import ppo
+
+    policy, tok = load_model(inputs / "sft")
+    value = ppo.ValueModel.from_reward_model(init_reward_model(policy, tok, seed=0))
+    prompts = [format_prompt(f"Say something about item {i}.") for i in range(16)]
+    ids = [tok(p)["input_ids"] for p in prompts]
+    cfg = ppo.PPOConfig(rollout_batch_size=16, rollout_micro_batch_size=4, response_len=6, rollout_seeding="per_chunk", seed=3)
+    count_e = lambda ps, rs: torch.tensor([float(r.count("e")) for r in rs])  # noqa: E731
+
+    def share(r: int, world: int):
+        monkeypatch.setattr(distributed, "world_size", lambda: world)
+        monkeypatch.setattr(distributed, "rank", lambda: r)
+        return ppo.rollout_share(cfg, 2, torch.Generator())
+
+    def as_rank(r: int, world: int):
+        mine, generators = share(r, world)
+        return ppo.rollout(policy, policy, value, count_e, tok, prompts[mine], ids[mine], cfg, generators)
+
+    whole, texts = as_rank(0, 1)
+    parts = [as_rank(r, 2) for r in (0, 1)]
+    merged = ppo._merge([b for b, _ in parts], tok.pad_token_id)
+    assert [t for _, ts in parts for t in ts] == texts
+    for key in whole:
+        assert torch.equal(merged[key], whole[key]), key
+    # Rank 1 of 2 holds prompts 8..15: the whole batch's chunks 2 and 3, with their generators.
+    mine, generators = share(1, 2)
+    assert (mine.start, mine.stop) == (8, 16) and len(generators) == 2
+    assert torch.equal(generators[0].get_state(), ppo.chunk_generator(3, 2, 2).get_state())
