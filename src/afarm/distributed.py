@@ -174,11 +174,13 @@ def prepare_model(model, *, train: bool, precision: str = "fp32", gradient_check
     in bf16 and gradients are reduced in fp32. A frozen model is stored in bf16 under
     ``bf16_mixed`` (it needs no masters), and is sharded only when there are several ranks.
     Raises ``DistributedError`` if a weight ends up unsharded while several ranks exist.
-    Preparing a model twice returns it as it is.
+    Preparing a model twice returns it as it is (its parameters resharded: call it again right
+    before building the optimizer).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if is_sharded(model):  # prepared already (a stage prepares before evaluating, then trains)
+    if is_sharded(model):  # prepared already (a stage prepares, evaluates, then trains)
+        _reshard(model)
         return model
     if train and gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -204,6 +206,16 @@ def prepare_model(model, *, train: bool, precision: str = "fp32", gradient_check
     fully_shard(model, **kwargs)
     _check_sharded(model)
     return model
+
+
+def _reshard(model) -> None:
+    """Register the sharded parameters again. A forward pass without autograd (evaluation) leaves the
+    root's parameters gathered; an optimizer built then would hold those copies, not the shards."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def _check_sharded(model) -> None:
