@@ -60,7 +60,7 @@ def test_process_count_follows_the_stage_table(tmp_path, monkeypatch):
     assert _launch.processes("sft", params(tmp_path, {"processes": 2})) == 2
     cmd = _launch.command("sft", ["--out", "x"], params(tmp_path, {"processes": 2}))
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    assert cmd[5:] == ["-m", "afarm.stages.sft", "--out", "x"]
+    assert cmd[5:] == ["-m", "afarm.stages.sft", "--", "--out", "x"]  # "--": torchrun leaves the stage's flags alone
     assert _launch.command("annotate", ["--out", "x"], params(tmp_path))[1:] == ["-m", "afarm.stages.annotate", "--out", "x"]
 
 

@@ -48,6 +48,7 @@ class Resources:
 DISTRIBUTED: frozenset[str] = frozenset({
     # FSDP2-sharded training (afarm.distributed): not base_model, which trains only the tiny scale's model
     "sft", "reward_model", "dpo", "feedme", "reward_conditioning", "expert_iteration",
+    "ppo", "quark",  # sharded policy, value, reference and reward model; rollouts from the sharded policy
     # data-parallel generation (afarm.models.generate): one full model copy per process
     "generate", "preference_data", "best_of_n",
 })

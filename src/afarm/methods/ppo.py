@@ -19,16 +19,29 @@ The policy starts from the SFT model, the value model from the reward model's ba
 scalar head set to zero (upstream rl_models.py ``Value``); policy and value are optimised together
 (upstream's ``ActorCritic``), the reference and the reward model are frozen.
 
+Several processes (one per device, ``afarm.distributed``): the stage shards every model over the
+ranks; ``rollout_batch_size`` and ``step_batch_size`` stay global. Each rank samples, scores and
+evaluates its contiguous share of the rollout batch (whole chunks of ``rollout_micro_batch_size``
+prompts), then every rank gathers the whole batch (token ids and per-token floats: a few MB), so
+the advantages, the whitening and the shuffled step batches are those of one process. Each step
+batch's micro-batches are dealt out over the ranks (``afarm.distributed.step_share``) and the
+gradients are averaged. With ``rollout_seeding: per_chunk`` a chunk samples from its own seeded
+generator, so the rollouts do not depend on the number of processes; ``stream`` (one generator
+for the run, the tiny scale's bytes) works with one process only.
+
 Deliberate differences from upstream (documented so results can be compared):
 * Padding after EOS is masked out of every mean (whitening, losses, statistics); upstream pads
   responses to ``response_len`` and averages over the padded positions too. GAE is the same.
 * Rollout responses are right-padded only to the longest response of the rollout, not to
   ``response_len`` (same result, less compute).
+* With several processes the whitening statistics and the step batches are global (upstream
+  whitens and shuffles each rank's rollouts on their own), so the process count changes nothing.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -40,6 +53,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from afarm import distributed
 from afarm.models.lm import torch_threads
 
 RewardFn = Callable[[list[str], list[str]], torch.Tensor]  # (prompts, responses) -> scores, shape (B,)
@@ -79,6 +93,12 @@ class PPOConfig:
     # pass itself (trl; saves one policy forward per rollout, equal up to float rounding in fp32).
     recompute_logprobs: bool = True  # upstream ppo_trainer.py rollout(); tiny scale sets False for speed
     init_value_head: str = "zero"  # upstream rl_models.py zero-initialises the value head; "reward": copy the RM head
+    # Sampling randomness of the rollouts. "stream": one generator for the whole run (our first
+    # choice, kept for the tiny scale's bytes; one process only); "per_chunk": one generator per
+    # rollout chunk, seeded by (seed, step, chunk), so any process count gives the same rollouts.
+    rollout_seeding: str = "stream"
+    precision: str = "fp32"  # "fp32" | "bf16_mixed" (afarm.distributed.prepare_model); upstream: accelerate mixed_precision bf16
+    gradient_checkpointing: bool = False  # recompute activations in backward (our choice; upstream does not)
     seed: int = 42  # HF TrainingArguments default seed (rlhf_ppo.sh does not set one)
     num_threads: int | None = None  # torch CPU threads; None keeps torch's default
     show_progress: bool = True  # tqdm bar
@@ -212,6 +232,15 @@ class ValueModel(nn.Module):
                 raise ValueError(f"init_value_head must be 'zero' or 'reward', got {init_head!r}")
         return cls(backbone, head)
 
+    @property
+    def base_model(self) -> nn.Module:
+        """The backbone, under the name Hugging Face models give theirs (``afarm.distributed``
+        shards ``base_model.layers``)."""
+        return self.backbone
+
+    def gradient_checkpointing_enable(self, **kwargs) -> None:
+        self.backbone.gradient_checkpointing_enable(**kwargs)
+
     def forward(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).last_hidden_state
         return self.head(hidden).squeeze(-1).float()
@@ -251,11 +280,16 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
 
 
 @torch.no_grad()
-def sample_responses(model, queries: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int, temperature: float, eos_id: int, pad_id: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def sample_responses(model, queries: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int, temperature: float, eos_id: int, pad_id: int, generator: torch.Generator, *, synced: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample from left-padded queries with the KV cache; pure temperature sampling (upstream: top_p 1, top_k 0).
 
     Returns (responses, mask, logprobs, entropies), right-padded (B, R): tokens up to and including
     EOS have mask 1; logprobs / entropies are those of the sampling distribution (logits / temperature).
+
+    ``synced``: every rank calls this together on a sharded model, whose every forward pass gathers
+    weights from all ranks. A rank whose rows have all ended (EOS or its ``max_new_tokens``) keeps
+    running forward passes (on padding, results unused, no random numbers drawn) until every rank's
+    rows have, as Hugging Face's ``generate(synced_gpus=True)``; its outputs are the same as unsynced.
     """
     device = queries.device
     attention_mask, pos = query_mask, position_ids(query_mask)
@@ -264,19 +298,25 @@ def sample_responses(model, queries: torch.Tensor, query_mask: torch.Tensor, max
     done = torch.zeros(queries.size(0), dtype=torch.bool, device=device)
     tokens, masks, logprobs, entropies = [], [], [], []
     logits = out.logits[:, -1]
-    for step in range(max_new_tokens):
-        logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-        token = torch.multinomial(logp.exp().cpu(), 1, generator=generator).squeeze(-1).to(device)
-        token = torch.where(done, torch.full_like(token, pad_id), token)
-        masks.append(~done)
-        tokens.append(token)
-        logprobs.append(logp.gather(-1, token[:, None]).squeeze(-1))
-        entropies.append(-(logp.exp() * logp).sum(-1))
-        done = done | (token == eos_id)
-        if bool(done.all()) or step == max_new_tokens - 1:
+    ended = False  # every row of this rank has reached EOS or max_new_tokens
+    while True:
+        if not ended:
+            logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+            token = torch.multinomial(logp.exp().cpu(), 1, generator=generator).squeeze(-1).to(device)
+            token = torch.where(done, torch.full_like(token, pad_id), token)
+            masks.append(~done)
+            tokens.append(token)
+            logprobs.append(logp.gather(-1, token[:, None]).squeeze(-1))
+            entropies.append(-(logp.exp() * logp).sum(-1))
+            done = done | (token == eos_id)
+            fed, fed_mask = token, masks[-1]
+            ended = bool(done.all()) or len(tokens) == max_new_tokens
+        else:  # waiting for other ranks: feed padding that no position attends to
+            fed, fed_mask = torch.full_like(fed, pad_id), torch.zeros_like(fed_mask)
+        if (distributed.mean_across_ranks(float(ended)) == 1.0) if synced else ended:
             break
-        attention_mask = torch.cat([attention_mask, masks[-1].long()[:, None]], dim=1)  # the fed token's mask
-        out = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_pos, past_key_values=cache, use_cache=True)
+        attention_mask = torch.cat([attention_mask, fed_mask.long()[:, None]], dim=1)  # the fed token's mask
+        out = model(input_ids=fed[:, None], attention_mask=attention_mask, position_ids=next_pos, past_key_values=cache, use_cache=True)
         cache, next_pos, logits = out.past_key_values, next_pos + 1, out.logits[:, -1]
     return torch.stack(tokens, 1), torch.stack(masks, 1).long(), torch.stack(logprobs, 1), torch.stack(entropies, 1)
 
@@ -329,17 +369,98 @@ class PromptStream:
         return batch
 
 
+ROLLOUT_SEEDINGS = ("stream", "per_chunk")
+
+
+def chunk_generator(seed: int, step: int, chunk: int) -> torch.Generator:
+    """The sampling generator of rollout chunk ``chunk`` (global index) of PPO / Quark step ``step``
+    (``rollout_seeding: per_chunk``): seeded by a hash of the three, so a chunk samples the same
+    tokens on whichever rank it lands."""
+    digest = hashlib.sha256(f"{seed}\x00{step}\x00{chunk}".encode("utf-8")).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def rollout_share(cfg, step: int, stream: torch.Generator) -> tuple[slice, list[torch.Generator]]:
+    """This rank's part of the rollout batch (a contiguous slice of whole chunks) and one sampling
+    generator per chunk: ``stream`` itself (``rollout_seeding: stream``) or ``chunk_generator``s."""
+    share = cfg.rollout_batch_size // distributed.world_size()
+    first = distributed.rank() * share
+    chunks = math.ceil(share / cfg.rollout_micro_batch_size)
+    if cfg.rollout_seeding == "stream":
+        generators = [stream] * chunks
+    else:
+        first_chunk = first // cfg.rollout_micro_batch_size
+        generators = [chunk_generator(cfg.seed, step, first_chunk + c) for c in range(chunks)]
+    return slice(first, first + share), generators
+
+
+def check_batches(cfg, world: int, name: str) -> None:
+    """Raise ``ValueError`` naming the params keys (``<name>.<key>``) when the global batches of
+    ``cfg`` (PPOConfig or QuarkConfig) do not split over ``world`` processes.
+
+    A step batch is dealt out in micro-batches of ``step_micro_batch_size``, the same number to
+    every rank; the rollout batch in whole chunks of ``rollout_micro_batch_size`` prompts, the
+    same number to every rank (one process may take a short last chunk).
+    """
+    if cfg.rollout_seeding not in ROLLOUT_SEEDINGS:
+        raise ValueError(f"{name}.rollout_seeding must be one of {ROLLOUT_SEEDINGS}, got {cfg.rollout_seeding!r}")
+    if min(cfg.rollout_batch_size, cfg.rollout_micro_batch_size, cfg.step_batch_size, cfg.step_micro_batch_size) < 1:
+        raise ValueError(f"{name}: batch sizes must be positive")
+    per_step = cfg.step_micro_batch_size * world
+    if cfg.step_batch_size % per_step:
+        raise ValueError(
+            f"{name}.step_batch_size {cfg.step_batch_size} must be a multiple of step_micro_batch_size "
+            f"{cfg.step_micro_batch_size} x {world} process(es) = {per_step}"
+        )
+    if world > 1:
+        per_rollout = cfg.rollout_micro_batch_size * world
+        if cfg.rollout_batch_size % per_rollout:
+            raise ValueError(
+                f"{name}.rollout_batch_size {cfg.rollout_batch_size} must be a multiple of rollout_micro_batch_size "
+                f"{cfg.rollout_micro_batch_size} x {world} processes = {per_rollout}"
+            )
+        if cfg.rollout_seeding == "stream":
+            raise ValueError(
+                f"{name}.rollout_seeding 'stream' draws one random stream through the whole rollout batch and "
+                f"cannot be split over {world} processes; set it to 'per_chunk'"
+            )
+
+
+def _merge(parts: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Concatenate rollout batches along the batch dimension: queries left-padded, per-token
+    tensors right-padded (token ids with ``pad_id``, the rest with 0), per-sequence ones as they are."""
+    out = {}
+    for key in parts[0]:
+        tensors = [part[key] for part in parts]
+        if tensors[0].dim() == 1:
+            out[key] = torch.cat(tensors)
+        else:
+            out[key] = _pad_cat(tensors, pad_id if key in ("queries", "responses") else 0, left=key in ("queries", "query_mask"))
+    return out
+
+
+def gather_rollouts(batch: dict[str, torch.Tensor], texts: list[str], pad_id: int) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Every rank's rollouts, in rank order (= the global order), on every rank; with one process
+    the rollouts themselves. Padding is that of one process (the widest row of the whole batch)."""
+    if distributed.world_size() == 1:
+        return batch, texts
+    parts = distributed.all_gather_objects((batch, texts))
+    return _merge([b for b, _ in parts], pad_id), [t for _, part in parts for t in part]
+
+
 @torch.no_grad()
-def rollout(policy, ref_policy, value_model, reward_fn: RewardFn, tokenizer, prompts: list[str], prompt_ids: list[list[int]], cfg: PPOConfig, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Sample, score and evaluate one rollout batch. Returns (B, ...) tensors (queries left-padded,
-    responses right-padded, per-token logprobs / values / entropies, scores) and the response texts."""
+def rollout(policy, ref_policy, value_model, reward_fn: RewardFn, tokenizer, prompts: list[str], prompt_ids: list[list[int]], cfg: PPOConfig, generators: Sequence[torch.Generator], synced: bool = False) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Sample, score and evaluate rollouts of ``prompts`` in chunks of ``rollout_micro_batch_size``,
+    chunk ``c`` sampling from ``generators[c]``. Returns (B, ...) tensors (queries left-padded,
+    responses right-padded, per-token logprobs / values / entropies, scores) and the response texts.
+    ``synced``: sharded models, every rank calls this with as many chunks (see ``sample_responses``)."""
     policy.eval()
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     device = next(policy.parameters()).device
     chunks = []
-    for start in range(0, len(prompts), cfg.rollout_micro_batch_size):
+    for c, start in enumerate(range(0, len(prompts), cfg.rollout_micro_batch_size)):
         queries, query_mask = (t.to(device) for t in left_pad(prompt_ids[start : start + cfg.rollout_micro_batch_size], pad_id))
-        responses, response_mask, logprobs, entropies = sample_responses(policy, queries, query_mask, cfg.response_len, cfg.temperature, eos_id, pad_id, generator)
+        responses, response_mask, logprobs, entropies = sample_responses(policy, queries, query_mask, cfg.response_len, cfg.temperature, eos_id, pad_id, generators[c], synced=synced)
         sequences = torch.cat([queries, responses], 1)
         mask = torch.cat([query_mask, response_mask], 1)
         width = queries.size(1)
@@ -358,10 +479,7 @@ def rollout(policy, ref_policy, value_model, reward_fn: RewardFn, tokenizer, pro
                 "values": response_values(value_model, sequences, mask, width).cpu(),
             }
         )
-    batch = {}
-    for key in chunks[0]:
-        left = key in ("queries", "query_mask")
-        batch[key] = _pad_cat([c[key] for c in chunks], pad_id if key in ("queries", "responses") else 0, left=left)
+    batch = _merge(chunks, pad_id)
     mask = batch["response_mask"].bool()
     for key in ("logprobs", "ref_logprobs", "entropies", "ref_entropies", "values"):
         batch[key] = torch.where(mask, batch[key], 0.0)  # padding after EOS: 0 (never inf or nan)
@@ -413,9 +531,29 @@ def num_ppo_steps(num_prompts: int, cfg: PPOConfig) -> int:
     return max(1, min(steps, cfg.max_steps) if cfg.max_steps is not None else steps)
 
 
-def _check_batches(cfg: PPOConfig) -> None:
-    if cfg.rollout_batch_size % cfg.step_batch_size or cfg.step_batch_size % cfg.step_micro_batch_size:
-        raise ValueError("rollout_batch_size must be a multiple of step_batch_size, and that of step_micro_batch_size")
+class _StepLater:
+    """A stand-in schedule for ``afarm.distributed.optimizer_step``: PPO and Quark step their
+    learning-rate schedule once per rollout batch (upstream rl_trainer.py), not per optimizer step."""
+
+    def step(self) -> None:
+        pass
+
+
+STEP_SCHEDULE_LATER = _StepLater()
+
+
+def mean_stats(stats: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of each statistic over this rank's micro-batches, then over the ranks (every rank
+    ran as many micro-batches): the mean over the step's micro-batches, as with one process."""
+    keys = list(stats[0])
+    return dict(zip(keys, distributed.mean_across_ranks([sum(d[k] for d in stats) / len(stats) for k in keys])))
+
+
+def check_ppo_batches(cfg: PPOConfig, world: int) -> None:
+    """``ValueError`` (naming the ``ppo.`` keys) unless the global batches split over ``world`` processes."""
+    if cfg.rollout_batch_size % cfg.step_batch_size:
+        raise ValueError(f"ppo.rollout_batch_size {cfg.rollout_batch_size} must be a multiple of ppo.step_batch_size {cfg.step_batch_size}")
+    check_batches(cfg, world, "ppo")
 
 
 def train_ppo(policy, ref_policy, value_model: ValueModel, reward_fn: RewardFn, tokenizer, prompts: Sequence[str], cfg: PPOConfig) -> dict:
@@ -425,13 +563,17 @@ def train_ppo(policy, ref_policy, value_model: ValueModel, reward_fn: RewardFn, 
     ``afarm.methods.reward_model.score``). Returns ``{"log": [per-step stats], "num_prompts",
     "dropped_prompts", "seconds"}``; the per-step stats hold ``score`` (mean reward-model score),
     ``kl`` (summed per sequence, mean over sequences), ``entropy``, the losses and more.
+
+    With several processes every rank calls this with its models already prepared
+    (``afarm.distributed.prepare_model``) and the same arguments; every rank returns the same log.
     """
     with torch_threads(cfg.num_threads):
         return _train_ppo(policy, ref_policy, value_model, reward_fn, tokenizer, list(prompts), cfg)
 
 
 def _train_ppo(policy, ref_policy, value_model, reward_fn, tokenizer, prompts, cfg: PPOConfig) -> dict:
-    _check_batches(cfg)
+    world = distributed.world_size()
+    check_ppo_batches(cfg, world)
     torch.manual_seed(cfg.seed)
     start_time = time.perf_counter()
     kept, prompt_ids = tokenize_prompts(tokenizer, prompts, cfg.query_len)
@@ -444,6 +586,7 @@ def _train_ppo(policy, ref_policy, value_model, reward_fn, tokenizer, prompts, c
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate, eps=cfg.adam_eps
     )
+    actor_critic = nn.ModuleList([policy, value_model])  # optimised together: one gradient norm (upstream ActorCritic)
     total_steps = num_ppo_steps(len(kept), cfg)
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.k_beta, cfg.adaptive_kl)
@@ -451,29 +594,34 @@ def _train_ppo(policy, ref_policy, value_model, reward_fn, tokenizer, prompts, c
     sampler = torch.Generator().manual_seed(cfg.seed)
     shuffler = torch.Generator().manual_seed(cfg.seed + 1)
     log = []
-    for step in tqdm(range(1, total_steps + 1), desc="ppo", disable=not cfg.show_progress):
+    for step in tqdm(range(1, total_steps + 1), desc="ppo", disable=not (cfg.show_progress and distributed.is_main())):
         index = stream.take(cfg.rollout_batch_size)
-        batch, texts = rollout(policy, ref_policy, value_model, reward_fn, tokenizer, [kept[i] for i in index], [prompt_ids[i] for i in index], cfg, sampler)
-        add_advantages(batch, cfg, kl_ctl.value)
+        mine, generators = rollout_share(cfg, step, sampler)
+        local, texts = rollout(
+            policy, ref_policy, value_model, reward_fn, tokenizer, [kept[i] for i in index[mine]], [prompt_ids[i] for i in index[mine]],
+            cfg, generators, synced=world > 1,
+        )
+        batch, texts = gather_rollouts(local, texts, tokenizer.pad_token_id)
+        add_advantages(batch, cfg, kl_ctl.value)  # on the whole batch: global whitening, as one process
         lr = scheduler.get_last_lr()[0]
 
         policy.train()
         value_model.train()
         train_stats: list[dict] = []
-        micro_per_step = cfg.step_batch_size // cfg.step_micro_batch_size
         for _ in range(cfg.noptepochs):
             order = torch.randperm(cfg.rollout_batch_size, generator=shuffler)
             for s in range(0, cfg.rollout_batch_size, cfg.step_batch_size):
+                micro = [order[m : m + cfg.step_micro_batch_size] for m in range(s, s + cfg.step_batch_size, cfg.step_micro_batch_size)]
+                share = distributed.step_share(micro)  # this rank's micro-batches, each with its loss divisor
                 step_stats = []
-                for m in range(s, s + cfg.step_batch_size, cfg.step_micro_batch_size):
-                    idx = order[m : m + cfg.step_micro_batch_size]
-                    loss, stats = ppo_loss(policy, value_model, {k: v[idx] for k, v in batch.items()}, cfg)
-                    (loss / micro_per_step).backward()
+                for i, (idx, divisor) in enumerate(share):
+                    last = i == len(share) - 1  # gradients are reduced over the ranks after the last one only
+                    with distributed.accumulate(policy, last), distributed.accumulate(value_model, last):
+                        loss, stats = ppo_loss(policy, value_model, {k: v[idx] for k, v in batch.items()}, cfg)
+                        (loss / divisor).backward()
                     step_stats.append(stats)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm else math.inf)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                train_stats.append({k: sum(d[k] for d in step_stats) / len(step_stats) for k in step_stats[0]} | {"grad_norm": float(grad_norm)})
+                grad_norm = distributed.optimizer_step(actor_critic, optimizer, STEP_SCHEDULE_LATER, cfg.max_grad_norm)
+                train_stats.append(mean_stats(step_stats) | {"grad_norm": grad_norm})
         scheduler.step()
 
         mask = batch["response_mask"].float()

@@ -22,6 +22,11 @@ with spare rows lends them instead of shrinking, see ``grow_embeddings``). One s
 At evaluation the model generates with ``generation_prefix(cfg)`` in front of the prompt:
 ``<reward_0>`` for all-quantile Quark, nothing for the best-quantile variant.
 
+Several processes (``afarm.distributed``): as PPO (``afarm.methods.ppo``), each rank samples and
+scores its share of the global rollout batch from the sharded policy, every rank gathers all of
+it, so the pool, its quantiles and the shuffled step batches are those of one process, and each
+step's micro-batches are dealt out over the ranks.
+
 Deliberate differences from upstream: losses average over response tokens only (upstream averages
 over positions padded to ``response_len``), and the pool keeps the sampled token ids, EOS included
 (upstream keeps decoded text and re-tokenises it, which drops EOS), so the model keeps learning
@@ -32,20 +37,25 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from afarm import distributed
 from afarm.methods.ppo import (
+    STEP_SCHEDULE_LATER,
     PromptStream,
     RewardFn,
+    check_batches,
     entropy_from_logits,
     left_pad,
     masked_mean,
+    mean_stats,
     response_logits,
+    rollout_share,
     sample_responses,
     token_logprobs,
     tokenize_prompts,
@@ -79,6 +89,9 @@ class QuarkConfig:
     query_len: int = 192  # quark_utils.py query_len=192
     response_len: int = 300  # quark_utils.py response_len=300
     seed: int = 42  # HF TrainingArguments default seed
+    rollout_seeding: str = "stream"  # "stream" | "per_chunk": as PPOConfig.rollout_seeding
+    precision: str = "fp32"  # "fp32" | "bf16_mixed" (afarm.distributed.prepare_model); upstream: accelerate mixed_precision bf16
+    gradient_checkpointing: bool = False  # recompute activations in backward (our choice; upstream does not)
     num_threads: int | None = None  # torch CPU threads; None keeps torch's default
     show_progress: bool = True  # tqdm bar
 
@@ -203,15 +216,17 @@ def collate_examples(examples: list[dict], pad_id: int) -> dict[str, torch.Tenso
 
 
 @torch.no_grad()
-def quark_rollout(policy, reward_fn: RewardFn, tokenizer, prompts: list[str], prefix: str, cfg: QuarkConfig, generator: torch.Generator) -> tuple[list[list[int]], list[str], torch.Tensor]:
-    """The policy's responses to ``prefix + prompt``: token ids (EOS kept), texts, and their rewards."""
+def quark_rollout(policy, reward_fn: RewardFn, tokenizer, prompts: list[str], prefix: str, cfg: QuarkConfig, generators: Sequence[torch.Generator], synced: bool = False) -> tuple[list[list[int]], list[str], torch.Tensor]:
+    """The policy's responses to ``prefix + prompt``: token ids (EOS kept), texts, and their rewards.
+    Chunk ``c`` of ``rollout_micro_batch_size`` prompts samples from ``generators[c]``; ``synced``:
+    a sharded policy, see ``afarm.methods.ppo.sample_responses``."""
     policy.eval()
     device = next(policy.parameters()).device
     ids_out, texts = [], []
-    for start in range(0, len(prompts), cfg.rollout_micro_batch_size):
+    for c, start in enumerate(range(0, len(prompts), cfg.rollout_micro_batch_size)):
         ids = [tokenizer(prefix + p)["input_ids"] for p in prompts[start : start + cfg.rollout_micro_batch_size]]
         queries, query_mask = (t.to(device) for t in left_pad(ids, tokenizer.pad_token_id))
-        responses, mask, _, _ = sample_responses(policy, queries, query_mask, cfg.response_len, cfg.temperature, tokenizer.eos_token_id, tokenizer.pad_token_id, generator)
+        responses, mask, _, _ = sample_responses(policy, queries, query_mask, cfg.response_len, cfg.temperature, tokenizer.eos_token_id, tokenizer.pad_token_id, generators[c], synced=synced)
         for r, m in zip(responses.cpu(), mask.cpu()):
             ids_out.append(r[m.bool()].tolist())
             texts.append(tokenizer.decode(ids_out[-1], skip_special_tokens=True).strip())
@@ -219,23 +234,35 @@ def quark_rollout(policy, reward_fn: RewardFn, tokenizer, prompts: list[str], pr
     return ids_out, texts, rewards
 
 
-def train_quark(policy, ref_policy, reward_fn: RewardFn, tokenizer, prompts: Sequence[str], cfg: QuarkConfig) -> dict:
+def gather_rollouts(ids: list[list[int]], texts: list[str], rewards: torch.Tensor) -> tuple[list[list[int]], list[str], torch.Tensor]:
+    """Every rank's rollouts in rank order (= the global order) on every rank; one process: as they are."""
+    if distributed.world_size() == 1:
+        return ids, texts, rewards
+    parts = distributed.all_gather_objects((ids, texts, rewards))
+    return [i for p in parts for i in p[0]], [t for p in parts for t in p[1]], torch.cat([p[2] for p in parts])
+
+
+def train_quark(policy, ref_policy, reward_fn: RewardFn, tokenizer, prompts: Sequence[str], cfg: QuarkConfig, prepare: Callable | None = None) -> dict:
     """Train ``policy`` in place with Quark on ``prompts`` (formatted prompt strings).
 
     Adds the control tokens to ``tokenizer``, ``policy`` and ``ref_policy`` (in place; the reference
     is the frozen SFT model, and only its original vocabulary is used). Returns ``{"log": [per-step stats], "generation_prefix",
-    "num_prompts", "dropped_prompts", "num_steps", "seconds"}``; step stats hold ``score`` (mean
+    "num_prompts", "dropped_prompts", "num_steps", "seconds", "policy"}``; step stats hold ``score`` (mean
     reward of the rollouts), ``train_kl``, ``train_entropy``, ``loss``, ``nll``.
+
+    ``prepare(model, train)`` (e.g. ``afarm.distributed.prepare_model``) runs on the policy
+    (``train=True``) and the reference after their embeddings have grown, before training; the
+    prepared policy is ``result["policy"]``. With several processes every rank calls this alike.
     """
     with torch_threads(cfg.num_threads):
-        return _train_quark(policy, ref_policy, reward_fn, tokenizer, list(prompts), cfg)
+        return _train_quark(policy, ref_policy, reward_fn, tokenizer, list(prompts), cfg, prepare)
 
 
-def _train_quark(policy, ref_policy, reward_fn, tokenizer, prompts, cfg: QuarkConfig) -> dict:
+def _train_quark(policy, ref_policy, reward_fn, tokenizer, prompts, cfg: QuarkConfig, prepare) -> dict:
     if cfg.num_reward_tokens < 2:
         raise ValueError("Quark needs at least 2 reward tokens (as upstream)")
-    if cfg.step_batch_size % cfg.step_micro_batch_size:
-        raise ValueError("step_batch_size must be a multiple of step_micro_batch_size")
+    world = distributed.world_size()
+    check_batches(cfg, world, "quark")
     torch.manual_seed(cfg.seed)
     start_time = time.perf_counter()
     vocab_size = len(tokenizer)
@@ -244,6 +271,8 @@ def _train_quark(policy, ref_policy, reward_fn, tokenizer, prompts, cfg: QuarkCo
         raise ValueError(f"{len(kept)} prompts (of {len(prompts)}) fit query_len, fewer than rollout_batch_size {cfg.rollout_batch_size}")
     add_reward_tokens(policy, tokenizer, cfg.num_reward_tokens, cfg.seed)
     grow_embeddings(ref_policy, len(tokenizer), cfg.seed, first_new=vocab_size)  # the policy may sample a control token (as upstream, both grow)
+    if prepare is not None:  # shard after growing: the embedding matrices have their final size
+        policy, ref_policy = prepare(policy, True), prepare(ref_policy, False)
     top_token = reward_tokens(cfg.num_reward_tokens)[0]
     ref_policy.eval().requires_grad_(False)
 
@@ -263,10 +292,12 @@ def _train_quark(policy, ref_policy, reward_fn, tokenizer, prompts, cfg: QuarkCo
     pool_responses: list[list[int]] = []
     pool_rewards: list[float] = []
     log = []
-    for step in tqdm(range(1, total_steps + 1), desc="quark", disable=not cfg.show_progress):
+    for step in tqdm(range(1, total_steps + 1), desc="quark", disable=not (cfg.show_progress and distributed.is_main())):
         batch_prompts = [kept[i] for i in stream.take(cfg.rollout_batch_size)]
         prefix = "" if (step == 1 or cfg.train_on_best_quantile) else top_token
-        response_ids, texts, rewards = quark_rollout(policy, reward_fn, tokenizer, batch_prompts, prefix, cfg, sampler)
+        mine, generators = rollout_share(cfg, step, sampler)
+        local = quark_rollout(policy, reward_fn, tokenizer, batch_prompts[mine], prefix, cfg, generators, synced=world > 1)
+        response_ids, texts, rewards = gather_rollouts(*local)
         if cfg.clear_data_pool_on_each_rollout:
             pool_prompts, pool_responses, pool_rewards = [], [], []
         pool_prompts += batch_prompts
@@ -282,14 +313,16 @@ def _train_quark(policy, ref_policy, reward_fn, tokenizer, prompts, cfg: QuarkCo
         train_stats = []
         size = min(cfg.step_micro_batch_size, len(examples))
         for _ in range(cfg.num_gradient_steps_per_step):
-            for _ in range(micro):
-                batch = collate_examples([examples[i] for i in order.take(size)], tokenizer.pad_token_id)
-                loss, stats = quark_loss(policy, ref_policy, batch, cfg, vocab_size)
-                (loss / micro).backward()
-                train_stats.append(stats)
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            share = distributed.step_share([order.take(size) for _ in range(micro)])  # this rank's micro-batches of the global step
+            step_stats = []
+            for i, (rows, divisor) in enumerate(share):
+                with distributed.accumulate(policy, i == len(share) - 1):  # reduce over the ranks after the last one
+                    batch = collate_examples([examples[r] for r in rows], tokenizer.pad_token_id)
+                    loss, stats = quark_loss(policy, ref_policy, batch, cfg, vocab_size)
+                    (loss / divisor).backward()
+                step_stats.append(stats)
+            distributed.optimizer_step(policy, optimizer, STEP_SCHEDULE_LATER, cfg.max_grad_norm)
+            train_stats.append(mean_stats(step_stats))
         scheduler.step()
         policy.eval()
         log.append(
@@ -305,4 +338,4 @@ def _train_quark(policy, ref_policy, reward_fn, tokenizer, prompts, cfg: QuarkCo
                 "example_response": texts[0],
             }
         )
-    return {"log": log, "generation_prefix": generation_prefix(cfg), "num_prompts": len(kept), "dropped_prompts": len(prompts) - len(kept), "num_steps": total_steps, "seconds": time.perf_counter() - start_time}
+    return {"log": log, "generation_prefix": generation_prefix(cfg), "num_prompts": len(kept), "dropped_prompts": len(prompts) - len(kept), "num_steps": total_steps, "seconds": time.perf_counter() - start_time, "policy": policy}

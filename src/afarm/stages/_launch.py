@@ -108,7 +108,9 @@ def command(module: str, argv: list[str], params: dict) -> list[str]:
     if n == 1:
         return [sys.executable, *stage]
     # --standalone: a rendezvous on a free local port, so several stages may run on one machine at once.
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", *stage]
+    # "--": the stage's flags are not torchrun's (argparse would read the stage's --log as an
+    # ambiguous abbreviation of torchrun's --log-dir / --logs-specs and stop); torchrun drops it.
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", stage[0], stage[1], "--", *stage[2:]]
 
 
 def check_memory(module: str, params: dict):

@@ -6,6 +6,10 @@ stage). Per-step statistics go to a CSV log and a PNG of the reward / KL / entro
 
 ``ppo.kl_coef`` in params.yaml is a number or a mapping from preference set to number (upstream
 README: 0.0067 with simulated, 0.02 with human preferences); ``--preference_set`` picks the entry.
+
+Under the launcher with ``launch.processes`` > 1 every process runs this: the four models are
+sharded over the ranks (``afarm.distributed.prepare_model``; policy and value trained, reference
+and reward model frozen, in ``ppo.precision``), and rank 0 alone writes the outputs.
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ from __future__ import annotations
 import csv
 import io
 
+from typing import Callable
+
 import torch
 
+from afarm import distributed
 from afarm.config import section, stage_config
 from afarm.data.instructions import read_examples
 from afarm.io import InputError, atomic_write, write_json
-from afarm.methods.ppo import PPOConfig, ValueModel, train_ppo
-from afarm.models.lm import load_model, save_model
+from afarm.methods.ppo import PPOConfig, ValueModel, check_ppo_batches, train_ppo
+from afarm.models.lm import load_model
 from afarm.stages._cli import parser, run
 
 CURVES = ("score", "kl", "entropy")  # what the plot shows, one panel each
@@ -38,13 +45,38 @@ def kl_coef_for(params: dict, name: str, preference_set: str | None) -> float:
     return value
 
 
-def reward_function(path: str, batch_size: int):
-    """(prompts, responses) -> scores, with the reward model in ``path`` (frozen); and the model."""
-    from afarm.methods.reward_model import load_reward_model, score
+def reward_function(model, tokenizer, batch_size: int):
+    """(prompts, responses) -> scores with the frozen (prepared) reward ``model``."""
+    from afarm.methods.reward_model import score
 
-    model, tokenizer = load_reward_model(path)
-    model.eval().requires_grad_(False)
-    return (lambda prompts, responses: score(model, tokenizer, prompts, responses, batch_size)), model
+    return lambda prompts, responses: score(model, tokenizer, prompts, responses, batch_size)
+
+
+def check_distributed(params: dict, name: str, cfg, check: Callable) -> None:
+    """Bad ``<name>.precision`` or global batches that do not split over this stage's processes
+    (``check(cfg, world)`` raises ValueError naming the keys) are bad params: ``InputError``."""
+    where = params.get("_path", "params.yaml")
+    if cfg.precision not in distributed.PRECISIONS:
+        raise InputError(where, f"expected one of {list(distributed.PRECISIONS)}, got {cfg.precision!r}", field=f"{name}.precision")
+    try:
+        check(cfg, distributed.world_size())
+    except ValueError as err:
+        raise InputError(where, str(err)) from err
+
+
+def preparer(cfg) -> Callable:
+    """``prepare(model, train)``: ``afarm.distributed.prepare_model`` with the section's precision
+    and gradient checkpointing (for the trained models)."""
+
+    def prepare(model, train: bool):
+        return distributed.prepare_model(model, train=train, precision=cfg.precision, gradient_checkpointing=cfg.gradient_checkpointing and train)
+
+    return prepare
+
+
+def frozen_dtype(cfg) -> str:
+    """The dtype to load a frozen model in: bf16 under ``bf16_mixed`` (its storage), else fp32."""
+    return "bfloat16" if cfg.precision == "bf16_mixed" else "float32"
 
 
 # Wall-clock fields are logged while training but kept out of the stage's files, so that a
@@ -95,21 +127,29 @@ def summary(result: dict) -> dict:
 
 
 def main(args, params) -> None:
+    from afarm.methods.reward_model import load_reward_model
+
     cfg = stage_config(params, "ppo", PPOConfig, drop=("kl_coef",))
     kl_coef = kl_coef_for(params, "ppo", args.preference_set)
     if kl_coef is not None:
         cfg.kl_coef = float(kl_coef)
+    check_distributed(params, "ppo", cfg, check_ppo_batches)
     prompts = [prompt for prompt, _ in read_examples(args.unlabeled)]
-    policy, tokenizer = load_model(args.sft)
-    ref_policy, _ = load_model(args.sft)
-    reward_fn, reward_model = reward_function(args.reward_model, cfg.rollout_micro_batch_size)
-    value_model = ValueModel.from_reward_model(reward_model, cfg.init_value_head)
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # one device; upstream shards 4 models with FSDP
-    for model in (policy, ref_policy, value_model, reward_model):
-        model.to(device)
+    prepare = preparer(cfg)
+    # One model at a time is loaded whole (fp32 for the trained ones: their master weights) and
+    # then sharded; the value model is a copy of the reward model's backbone, taken before that is.
+    reward_model, reward_tokenizer = load_reward_model(args.reward_model)
+    reward_model.requires_grad_(False)  # frozen before the copy: the value backbone inherits requires_grad=False
+    value_model = prepare(ValueModel.from_reward_model(reward_model, cfg.init_value_head).float(), True)
+    reward_fn = reward_function(prepare(reward_model, False), reward_tokenizer, cfg.rollout_micro_batch_size)
+    policy, tokenizer = load_model(args.sft, dtype="float32")
+    policy = prepare(policy, True)
+    ref_policy = prepare(load_model(args.sft, dtype=frozen_dtype(cfg))[0], False)
     torch.manual_seed(cfg.seed)
     result = train_ppo(policy, ref_policy, value_model, reward_fn, tokenizer, prompts, cfg)
-    save_model(policy, tokenizer, args.out)
+    distributed.save_model(policy, tokenizer, args.out)
+    if not distributed.is_main():
+        return
     log = [{k: v for k, v in r.items() if k != "example_response"} for r in result["log"]]
     if args.log:
         write_log(args.log, log)

@@ -5,6 +5,10 @@ The trained policy needs its control token in front of every prompt (all-quantil
 the generic `generate` stage does not know about, so this stage writes the eval outputs itself
 (model_outputs format, decoded with the `generate` params section) and also records the prefix in
 ``<out>/generation.json`` ({"prefix": ...}) next to the saved model and tokenizer.
+
+Several processes (``launch.processes`` > 1): policy and reference (grown by the control tokens
+first) and the reward model are sharded as in the `ppo` stage; the eval outputs come from the
+sharded policy through ``afarm.models.generate``; rank 0 alone writes the outputs.
 """
 
 from __future__ import annotations
@@ -13,16 +17,19 @@ from pathlib import Path
 
 import torch
 
+from afarm import distributed
 from afarm.config import stage_config
 from afarm.data.eval_set import load_eval_set, model_outputs
 from afarm.data.instructions import read_examples
 from afarm.io import write_json
+from afarm.methods.ppo import check_batches
 from afarm.methods.quark import QuarkConfig, train_quark
+from afarm.methods.reward_model import load_reward_model
 from afarm.models.generate import GenerationConfig, generate
-from afarm.models.lm import load_model, save_model
+from afarm.models.lm import load_model
 from afarm.models.prompts import format_prompt
 from afarm.stages._cli import parser, run
-from afarm.stages.ppo import kl_coef_for, reward_function, summary, write_curves, write_log
+from afarm.stages.ppo import check_distributed, frozen_dtype, kl_coef_for, preparer, reward_function, summary, write_curves, write_log
 
 CURVES = ("score", "train_kl", "train_entropy")
 
@@ -32,22 +39,29 @@ def main(args, params) -> None:
     kl_coef = kl_coef_for(params, "quark", args.preference_set)
     if kl_coef is not None:
         cfg.kl_coef = float(kl_coef)
+    check_distributed(params, "quark", cfg, lambda c, world: check_batches(c, world, "quark"))
     gen_cfg = stage_config(params, "generate", GenerationConfig)
     prompts = [prompt for prompt, _ in read_examples(args.unlabeled)]
     eval_set = load_eval_set(args.eval_set)
-    policy, tokenizer = load_model(args.sft)
-    ref_policy, _ = load_model(args.sft)
-    reward_fn, reward_model = reward_function(args.reward_model, cfg.rollout_micro_batch_size)
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # one device; upstream shards with FSDP
-    for model in (policy, ref_policy, reward_model):
-        model.to(device)
+    prepare = preparer(cfg)
+    reward_model, reward_tokenizer = load_reward_model(args.reward_model)
+    reward_fn = reward_function(prepare(reward_model, False), reward_tokenizer, cfg.rollout_micro_batch_size)
+    policy, tokenizer = load_model(args.sft, dtype="float32")
+    ref_policy, _ = load_model(args.sft, dtype=frozen_dtype(cfg))
     torch.manual_seed(cfg.seed)
-    result = train_quark(policy, ref_policy, reward_fn, tokenizer, prompts, cfg)
-    prefix = result["generation_prefix"]
-    save_model(policy, tokenizer, args.out)
-    write_json(Path(args.out) / "generation.json", {"prefix": prefix})
+    # train_quark grows both models' embeddings by the control tokens, then prepares (shards) them
+    result = train_quark(policy, ref_policy, reward_fn, tokenizer, prompts, cfg, prepare=prepare)
+    policy, prefix = result["policy"], result["generation_prefix"]
+    distributed.save_model(policy, tokenizer, args.out)
+    if distributed.is_main():
+        write_json(Path(args.out) / "generation.json", {"prefix": prefix})
 
-    texts = generate(policy, tokenizer, [prefix + format_prompt(r["instruction"]) for r in eval_set], gen_cfg)
+    # Every rank runs the whole (sharded) policy on every prompt in step: the same prompts and seeds give
+    # the same lengths on every rank, so no rank waits for a forward pass that never comes.
+    prompts = [prefix + format_prompt(r["instruction"]) for r in eval_set]
+    texts = generate(policy, tokenizer, prompts, gen_cfg, data_parallel=False)
+    if not distributed.is_main():
+        return
     write_json(args.outputs, model_outputs(eval_set, texts, args.generator))
     log = [{k: v for k, v in r.items() if k != "example_response"} for r in result["log"]]
     if args.log:
