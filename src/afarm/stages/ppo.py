@@ -137,9 +137,9 @@ def main(args, params) -> None:
     prompts = [prompt for prompt, _ in read_examples(args.unlabeled)]
     prepare = preparer(cfg)
     # One model at a time is loaded whole (fp32 for the trained ones: their master weights) and
-    # then sharded; the value model is a copy of the reward model's backbone, taken before that is.
+    # then sharded; the value model is a copy of the reward model, taken before that is frozen, and
+    # trained whole (backbone and head), as upstream's actor-critic (rl/ppo_trainer.py, init_value_with_reward).
     reward_model, reward_tokenizer = load_reward_model(args.reward_model)
-    reward_model.requires_grad_(False)  # frozen before the copy: the value backbone inherits requires_grad=False
     value_model = prepare(ValueModel.from_reward_model(reward_model, cfg.init_value_head).float(), True)
     reward_fn = reward_function(prepare(reward_model, False), reward_tokenizer, cfg.rollout_micro_batch_size)
     policy, tokenizer = load_model(args.sft, dtype="float32")
