@@ -75,7 +75,7 @@ def env(cwd: Path | None = None, **extra: str) -> dict:
     return out
 
 
-def run(cmd: str, cwd: Path, check: bool = True, timeout: float | None = 900, **extra_env: str) -> subprocess.CompletedProcess:
+def run(cmd: str, cwd: Path, check: bool = True, timeout: float | None = 2400, **extra_env: str) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, shell=True, cwd=cwd, env=env(cwd, **extra_env), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"`{cmd}` failed in {cwd} ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
@@ -83,7 +83,8 @@ def run(cmd: str, cwd: Path, check: bool = True, timeout: float | None = 900, **
 
 
 def sh(cmd: str, cwd: Path, **extra_env: str) -> str:
-    """Run a shell command; fail with its output if it fails; return stdout + stderr."""
+    """Run a shell command; fail with its output if it fails; return stdout + stderr. (The timeout of
+    `run` only stops a hung command: a whole reduced DAG takes 5-15 minutes on 2 loaded cores.)"""
     result = run(cmd, cwd, **extra_env)
     return result.stdout + result.stderr
 

@@ -1,0 +1,132 @@
+"""The paper scale's code path, run end to end in miniature on CPU.
+
+``scale: paper`` with every paper setting that decides *how* things run left as it is -- pretrained
+weights loaded with ``from_pretrained`` from a local folder in the hub layout (the stand-in for
+``huggyllama/llama-7b``), the data splits through the ``datasets`` hub loader (a local folder in
+``tatsu-lab/alpaca_farm``'s layout), fp32 master weights with bf16 compute and gradient
+checkpointing, FSDP2-sharded training and data-parallel generation in 2 processes (gloo instead
+of nccl), the memory plan checked before every stage, AlpacaFarm's API annotator pool and the
+GPT-4 evaluator against the loopback OpenAI-compatible server -- and only the sizes shrunk
+(model, data, batches, steps, lengths). Snakemake runs the spine
+data -> base_model -> sft -> preference_data -> reward_model -> ppo -> generate -> annotate, and
+``afarm leaderboard`` ranks the judged rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from fake_openai_server import FakeOpenAIServer, TemplateJudge, bundle_templates
+from pipeline_helpers import copy_repo, merge, run, sh
+
+pytestmark = pytest.mark.slow
+
+WORDS = "red green blue cat dog bird sun moon tree river stone cloud fast slow big small warm cold".split()
+
+
+def _text(i: int, n: int) -> str:
+    return " ".join(WORDS[(i * 5 + k) % len(WORDS)] for k in range(n))
+
+
+def _hub_data(folder: Path) -> None:
+    """tatsu-lab/alpaca_farm's `alpaca_instructions` config in the hub layout (a dataset card + jsonl)."""
+    sizes = {"sft": 16, "preference": 8, "unlabeled": 8, "val": 4}
+    (folder / "alpaca_instructions").mkdir(parents=True)
+    for split, n in sizes.items():
+        rows = [{"instruction": f"Name {_text(i + len(split), 2)} things.", "input": "", "output": _text(i, 4 + i % 5)} for i in range(n)]
+        (folder / "alpaca_instructions" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    card = ["---", "configs:", "- config_name: alpaca_instructions", "  data_files:"]
+    card += [f"  - split: {s}\n    path: alpaca_instructions/{s}.jsonl" for s in sizes]
+    (folder / "README.md").write_text("\n".join(card + ["---", ""]))
+
+
+def _pretrained(folder: Path) -> None:
+    """A small Llama in the hub layout, as a converted LLaMA checkpoint: bf16 weights, a tokenizer
+    without a pad token (the base_model stage adds "[PAD]" as upstream)."""
+    from afarm.models.prompts import format_prompt
+    from afarm.models.tokenizer import train_tokenizer
+
+    texts = [format_prompt(f"Name {_text(i, 2)} things.") + _text(i, 6) for i in range(60)]
+    tokenizer = train_tokenizer(texts, vocab_size=400)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                         tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def _small(extra: dict) -> dict:
+    """Paper params with only sizes shrunk: every key here is a size, a length, a step count or a path."""
+    train = {"batch_size": 4, "micro_batch_size": 1, "num_epochs": 1, "max_length": 128}
+    generation = {"max_new_tokens": 8, "batch_size": 2}
+    return merge({
+        "launch": {"processes": {"paper": 2}, "backend": {"paper": "gloo"}, "timeout_s": {"paper": 120}, "num_threads": {"paper": 1}},
+        "data": {"sizes": {"paper": {"sft": 16, "preference": 8, "unlabeled": 8, "validation": 4}}, "eval_limit": 4},
+        "sft": {"train": train},
+        "generate": {"max_new_tokens": {"paper": 8}, "batch_size": {"paper": 2}},
+        "preference_data": {"limit": {"paper": 8}, "generation": generation},
+        "reward_model": {"batch_size": 4, "micro_batch_size": {"paper": 1}, "num_epochs": {"paper": 1}, "eval_size": {"paper": 2},
+                         "max_length": {"paper": 128}},
+        "ppo": {"max_steps": {"paper": 1}, "rollout_batch_size": {"paper": 4}, "step_batch_size": {"paper": 4},
+                "rollout_micro_batch_size": {"paper": 1}, "step_micro_batch_size": {"paper": 1},
+                "response_len": {"paper": 8}, "query_len": {"paper": 128}},
+    }, extra)
+
+
+def test_paper_spine_in_two_processes_with_api_judges(repo, shared, tmp_path):
+    work = tmp_path / "repo"
+    copy_repo(repo, work)
+    _hub_data(tmp_path / "alpaca_farm")
+    _pretrained(tmp_path / "llama")
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["scale"] = "paper"
+    params["paths"] = {"shared_data": str(shared), "cache_dir": str(tmp_path / "annotation-cache")}
+    merge(params, _small({"data": {"hub_id": str(tmp_path / "alpaca_farm")},
+                          "base_model": {"model": {"pretrained": {"paper": str(tmp_path / "llama")}}}}))
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh("git init -q -b main && git add -A && git commit -qm paper-miniature", work)
+
+    from afarm.config import load_params, section
+
+    resolved = load_params(work / "params.yaml")
+    assert section(resolved, "sft")["train"]["precision"] == "bf16_mixed"  # the paper's settings, not a CPU variant
+    assert section(resolved, "preference_data")["annotators"]["sim"] == "alpaca_farm_pool"
+    assert section(resolved, "annotate")["annotators"]["sim"] == "alpaca_farm_greedy_gpt4"
+    assert section(resolved, "launch")["device_memory_gb"] == 80  # every stage's plan is checked
+
+    targets = "results/annotations/sim/ppo_sim.json results/annotations/sim/sft.json"
+    with FakeOpenAIServer(TemplateJudge(bundle_templates(shared))) as server:
+        result = run(f"snakemake --cores 2 {targets}", work, timeout=1500, OPENAI_API_KEY="sk-test", OPENAI_BASE_URL=server.url)
+        assert server.ok_calls > 0
+        pool_models = {body.get("model") for body in server.requests}
+    log = result.stdout + result.stderr
+    assert {"gpt-4-0314"} <= pool_models  # the pool's GPT-4 members and the GPT-4 evaluator answered
+
+    # Training and generation really ran in 2 processes, from the local pretrained weights.
+    for rule in ("sft", "reward_model_sim", "ppo_sim", "preference_data_sim", "generate_ppo_sim"):
+        assert f"rule {rule}:" in log
+    assert log.count("torch.distributed.run --standalone --nproc_per_node=2") >= 5
+    sft = json.loads((work / "models" / "sft" / "config.json").read_text())
+    assert sft["hidden_size"] == 64 and sft["vocab_size"] >= 400  # the local "pretrained" model, with "[PAD]" added
+    ppo = json.loads((work / "results" / "metrics" / "ppo_sim.json").read_text())
+    assert ppo  # one PPO step's statistics were written (rank 0)
+
+    # The judged rows make a leaderboard.
+    board = tmp_path / "board"
+    flat = tmp_path / "annotations"
+    flat.mkdir()
+    for name in ("ppo_sim", "sft"):
+        records = json.loads((work / "results" / "annotations" / "sim" / f"{name}.json").read_text())
+        assert len(records) == 4 and {r["annotator"] for r in records} == {"alpaca_farm_greedy_gpt4"}
+        (flat / f"{name}.json").write_text(json.dumps(records))
+    sh(f"afarm leaderboard --annotations_dir {flat} --out_dir {board}", tmp_path)
+    rows = {r["generator"]: r for r in csv.DictReader(open(board / "leaderboard.csv"))}
+    assert set(rows) == {"ppo_sim", "sft"} and all(0 <= float(r["win_rate"]) <= 100 for r in rows.values())
