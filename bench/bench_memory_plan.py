@@ -31,10 +31,7 @@ def main() -> None:
     params = load_params(args.params)
     params["scale"] = "paper"
     arch = mp.stage_arch(params)
-    plans = []
-    for kind in mp.STAGE_MODELS:
-        for devices in (8, 4, 1):
-            plans.append(mp.plan(kind, arch, devices=devices, memory_gb=args.memory_gb, **mp.stage_inputs(kind, params)))
+    plans = mp.paper_plans(params, memory_gb=args.memory_gb)
     start = time.perf_counter()
     mp.check_stage("ppo", params, devices=8, memory_gb=args.memory_gb)
     elapsed = time.perf_counter() - start

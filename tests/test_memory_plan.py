@@ -137,3 +137,27 @@ def test_markdown_table_and_no_heavy_imports():
     assert table[2].endswith("| 20.3 | yes |") and table[3].endswith("| **no** |")
     code = "import sys, afarm.memory_plan; assert not {'torch', 'transformers'} & set(sys.modules), sorted(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
+
+
+def test_the_docs_table_is_what_the_plan_computes():
+    """docs/memory_plan.md's table is bench/bench_memory_plan.py's output for today's params.yaml."""
+    from pathlib import Path
+
+    from afarm import memory_plan as mp
+    from afarm.config import load_params
+
+    repo = Path(__file__).resolve().parents[1]
+    table = mp.markdown_table(mp.paper_plans(load_params(repo / "params.yaml")))
+    assert table.strip() in (repo / "docs" / "memory_plan.md").read_text(), "rerun bench/bench_memory_plan.py and paste its table"
+
+
+def test_the_readme_table_is_what_the_plan_computes():
+    from pathlib import Path
+
+    from afarm import memory_plan as mp
+    from afarm.config import load_params
+
+    repo = Path(__file__).resolve().parents[1]
+    summary = mp.fit_summary(load_params(repo / "params.yaml"))
+    assert "| ppo | 50.1 | 260.3 (does not fit) |" in summary  # the numbers docs/memory_plan.md explains
+    assert summary in (repo / "README.md").read_text(), "paste afarm.memory_plan.fit_summary's table into README.md"

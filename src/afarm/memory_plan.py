@@ -441,4 +441,23 @@ def check_stage(module: str, params: dict, devices: int = 8, memory_gb: float = 
     return check(module, stage_arch(params, model_dir), params.get("_path", "params.yaml"), devices=devices, memory_gb=memory_gb, **kwargs)
 
 
-__all__ = ["Arch", "KNOWN_ARCHS", "Plan", "PlanError", "Row", "check", "check_stage", "load_arch", "markdown_table", "plan"]
+def paper_plans(params: dict, memory_gb: float = 80.0, device_counts: tuple[int, ...] = (8, 4, 1)) -> list[Plan]:
+    """The plan of every stage kind at ``scale: paper`` on each device count (docs/memory_plan.md's table)."""
+    params = {**params, "scale": "paper"}
+    arch = stage_arch(params)
+    return [plan(kind, arch, devices=n, memory_gb=memory_gb, **stage_inputs(kind, params))
+            for kind in STAGE_MODELS for n in device_counts]
+
+
+def fit_summary(params: dict, memory_gb: float = 80.0) -> str:
+    """A short Markdown table (README): GB per device of every paper stage on 8 and on 1 x ``memory_gb``."""
+    plans = {(p.stage, p.devices): p for p in paper_plans(params, memory_gb, (8, 1))}
+    mem = f"{memory_gb:g}"
+    rows = [f"| stage | 8 x {mem} GB | 1 x {mem} GB |", "|---|---:|---:|"]
+    for kind in STAGE_MODELS:
+        cells = [f"{plans[kind, n].total_gb:.1f}" + ("" if plans[kind, n].fits else " (does not fit)") for n in (8, 1)]
+        rows.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+__all__ = ["fit_summary", "paper_plans", "Arch", "KNOWN_ARCHS", "Plan", "PlanError", "Row", "check", "check_stage", "load_arch", "markdown_table", "plan"]
