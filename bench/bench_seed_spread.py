@@ -36,7 +36,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from pipeline_helpers import copy_repo, merge, sh, write_params  # noqa: E402
+from pipeline_helpers import copy_repo, merge, run, write_params  # noqa: E402
 
 # Every seed of training (params.yaml paths). A scaled value {tiny: a, paper: b} is shifted on both sides.
 TRAINING_SEEDS = (
@@ -75,19 +75,22 @@ def seed_override(params: dict, k: int) -> dict:
 
 
 def run_seed(k: int, root: Path, shared: Path, cache: Path, full: bool, cores: int) -> dict:
+    """One DAG run with the seeds shifted by ``k``; a folder left by an interrupted run (--keep) is resumed."""
     work = root / f"seed{k}"
-    work.mkdir(parents=True)
-    copy_repo(REPO, work)
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    override = seed_override(params, k)
-    if full:
-        params["paths"]["shared_data"], params["paths"]["cache_dir"] = str(shared), str(cache)
-        (work / "params.yaml").write_text(yaml.safe_dump(merge(params, override), sort_keys=False))
-    else:
-        write_params(work, shared, cache, override)
-    sh("git init -q -b main && git add -A && git commit -qm seeds", work)
+    if not (work / ".git").is_dir():
+        work.mkdir(parents=True, exist_ok=True)
+        copy_repo(REPO, work)
+        params = yaml.safe_load((work / "params.yaml").read_text())
+        override = seed_override(params, k)
+        if full:
+            params["paths"]["shared_data"], params["paths"]["cache_dir"] = str(shared), str(cache)
+            (work / "params.yaml").write_text(yaml.safe_dump(merge(params, override), sort_keys=False))
+        else:
+            write_params(work, shared, cache, override)
+        run("git init -q -b main && git add -A && git commit -qm seeds", work)
     start = time.perf_counter()
-    sh(f"snakemake {' '.join(TARGETS)} --cores {cores} --quiet", work)
+    # no time limit (a reduced run takes 5-30 min on a loaded 2-core machine); resumes incomplete jobs
+    run(f"snakemake {' '.join(TARGETS)} --cores {cores} --quiet --rerun-incomplete", work, timeout=None)
     boards = {world: {r["generator"]: float(r["win_rate"]) for r in csv.DictReader((work / f"results/leaderboard_{world}.csv").open())}
               for world in ("sim", "human")}
     metrics = json.loads((work / "results/metrics/sim_vs_human.json").read_text())
@@ -152,7 +155,8 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="the real tiny params instead of the reduced ones (slow)")
     ap.add_argument("--shared-data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--cores", type=int, default=2)
-    ap.add_argument("--keep", type=Path, help="run in this folder (kept) instead of a temporary one")
+    ap.add_argument("--keep", type=Path, help="run in this folder (kept; an interrupted run there is resumed) "
+                    "instead of a temporary one")
     ap.add_argument("--json", type=Path, help="also write every number to this file")
     args = ap.parse_args()
     if args.seeds < 2:
