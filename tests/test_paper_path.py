@@ -40,7 +40,7 @@ def _hub_data(folder: Path) -> None:
     sizes = {"sft": 16, "preference": 8, "unlabeled": 8, "val": 4}
     (folder / "alpaca_instructions").mkdir(parents=True)
     for split, n in sizes.items():
-        rows = [{"instruction": f"Name {_text(i + len(split), 2)} things.", "input": "", "output": _text(i, 4 + i % 5)} for i in range(n)]
+        rows = [{"instruction": f"Name {_text(i + len(split), 2)} things ({split} {i}).", "input": "", "output": _text(i, 4 + i % 5)} for i in range(n)]
         (folder / "alpaca_instructions" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     card = ["---", "configs:", "- config_name: alpaca_instructions", "  data_files:"]
     card += [f"  - split: {s}\n    path: alpaca_instructions/{s}.jsonl" for s in sizes]
@@ -64,20 +64,21 @@ def _pretrained(folder: Path) -> None:
 
 
 def _small(extra: dict) -> dict:
-    """Paper params with only sizes shrunk: every key here is a size, a length, a step count or a path."""
+    """Paper params with only sizes shrunk: every key here is a size, a length, a step count or a path
+    (plain values replace both scales' values; this workspace runs only the paper scale)."""
     train = {"batch_size": 4, "micro_batch_size": 1, "num_epochs": 1, "max_length": 128}
     generation = {"max_new_tokens": 8, "batch_size": 2}
     return merge({
         "launch": {"processes": {"paper": 2}, "backend": {"paper": "gloo"}, "timeout_s": {"paper": 120}, "num_threads": {"paper": 1}},
         "data": {"sizes": {"paper": {"sft": 16, "preference": 8, "unlabeled": 8, "validation": 4}}, "eval_limit": 4},
         "sft": {"train": train},
-        "generate": {"max_new_tokens": {"paper": 8}, "batch_size": {"paper": 2}},
-        "preference_data": {"limit": {"paper": 8}, "generation": generation},
-        "reward_model": {"batch_size": 4, "micro_batch_size": {"paper": 1}, "num_epochs": {"paper": 1}, "eval_size": {"paper": 2},
-                         "max_length": {"paper": 128}},
-        "ppo": {"max_steps": {"paper": 1}, "rollout_batch_size": {"paper": 4}, "step_batch_size": {"paper": 4},
-                "rollout_micro_batch_size": {"paper": 1}, "step_micro_batch_size": {"paper": 1},
-                "response_len": {"paper": 8}, "query_len": {"paper": 128}},
+        "generate": {"max_new_tokens": 8, "batch_size": 2},
+        "preference_data": {"limit": 8, "generation": generation},
+        "reward_model": {"batch_size": 4, "micro_batch_size": 1, "num_epochs": 1, "eval_size": 2,
+                         "max_length": 128},
+        "ppo": {"max_steps": 1, "rollout_batch_size": 4, "step_batch_size": 4,
+                "rollout_micro_batch_size": 1, "step_micro_batch_size": 1,
+                "response_len": 8, "query_len": 128},
     }, extra)
 
 
@@ -113,7 +114,12 @@ def test_paper_spine_in_two_processes_with_api_judges(repo, shared, tmp_path):
     # Training and generation really ran in 2 processes, from the local pretrained weights.
     for rule in ("sft", "reward_model_sim", "ppo_sim", "preference_data_sim", "generate_ppo_sim"):
         assert f"rule {rule}:" in log
-    assert log.count("torch.distributed.run --standalone --nproc_per_node=2") >= 5
+    # Each of them was promised 2 processes by the same params; a stage that found another number of
+    # processes would have stopped (afarm.stages._cli), so they ran sharded / data-parallel in 2.
+    from afarm.stages import _launch
+
+    for module in ("sft", "reward_model", "ppo", "preference_data", "generate"):
+        assert _launch.processes(module, resolved) == 2
     sft = json.loads((work / "models" / "sft" / "config.json").read_text())
     assert sft["hidden_size"] == 64 and sft["vocab_size"] >= 400  # the local "pretrained" model, with "[PAD]" added
     ppo = json.loads((work / "results" / "metrics" / "ppo_sim.json").read_text())

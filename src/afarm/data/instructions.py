@@ -9,8 +9,10 @@ of the same proportions from the real instruction file shipped in ``data/raw``.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,9 +70,20 @@ def load_hub_splits(cfg: SplitConfig) -> dict[str, list[dict]]:
     """Upstream's splits through the real ``datasets`` loader (a hub id, or a local folder in the same layout)."""
     import datasets
 
+    # A local copy in the hub layout is read through a cache of its own: `datasets`' shared cache may
+    # otherwise return the rows of another folder with the same name and file layout (seen with two
+    # local copies of alpaca_farm).
+    local = Path(cfg.hub_id).is_dir()
+    cache = tempfile.TemporaryDirectory(prefix="afarm-datasets-") if local else contextlib.nullcontext(None)
+    with cache as cache_dir:
+        return _read_hub_splits(cfg, datasets, cache_dir)
+
+
+def _read_hub_splits(cfg: SplitConfig, datasets, cache_dir: str | None) -> dict[str, list[dict]]:
     out = {}
     for name in SPLITS:
-        ds = datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=cfg.hub_splits[name], revision=cfg.hub_revision)
+        ds = datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=cfg.hub_splits[name], revision=cfg.hub_revision,
+                                   cache_dir=cache_dir)
         rows = []
         for i, row in enumerate(ds):
             rows.append(
