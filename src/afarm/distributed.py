@@ -246,7 +246,8 @@ def accumulate(model, sync: bool) -> Iterator[None]:
 
 def optimizer_step(model, optimizer, scheduler, max_grad_norm: float | None) -> float:
     """Clip the gradients to total norm ``max_grad_norm`` (0 or None: no clipping), step the
-    optimizer and the schedule, clear the gradients; return the total gradient norm (before
+    optimizer and the schedule (``scheduler`` None: the caller steps it at its own pace, as PPO once
+    per PPO step), clear the gradients; return the total gradient norm (before
     clipping; over all shards)."""
     params = [p for p in model.parameters() if p.grad is not None]
     if not is_sharded(model):
@@ -260,7 +261,8 @@ def optimizer_step(model, optimizer, scheduler, max_grad_norm: float | None) -> 
         if max_grad_norm:
             torch.nn.utils.clip_grads_with_norm_(params, max_grad_norm, norm)
     optimizer.step()
-    scheduler.step()
+    if scheduler is not None:
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return float(norm)
 

@@ -531,15 +531,6 @@ def num_ppo_steps(num_prompts: int, cfg: PPOConfig) -> int:
     return max(1, min(steps, cfg.max_steps) if cfg.max_steps is not None else steps)
 
 
-class _StepLater:
-    """A stand-in schedule for ``afarm.distributed.optimizer_step``: PPO and Quark step their
-    learning-rate schedule once per rollout batch (upstream rl_trainer.py), not per optimizer step."""
-
-    def step(self) -> None:
-        pass
-
-
-STEP_SCHEDULE_LATER = _StepLater()
 
 
 def mean_stats(stats: list[dict[str, float]]) -> dict[str, float]:
@@ -620,7 +611,7 @@ def _train_ppo(policy, ref_policy, value_model, reward_fn, tokenizer, prompts, c
                         loss, stats = ppo_loss(policy, value_model, {k: v[idx] for k, v in batch.items()}, cfg)
                         (loss / divisor).backward()
                     step_stats.append(stats)
-                grad_norm = distributed.optimizer_step(actor_critic, optimizer, STEP_SCHEDULE_LATER, cfg.max_grad_norm)
+                grad_norm = distributed.optimizer_step(actor_critic, optimizer, None, cfg.max_grad_norm)  # schedule: once per PPO step, below (upstream rl_trainer.py)
                 train_stats.append(mean_stats(step_stats) | {"grad_norm": grad_norm})
         scheduler.step()
 

@@ -46,7 +46,6 @@ from transformers import get_scheduler
 
 from afarm import distributed
 from afarm.methods.ppo import (
-    STEP_SCHEDULE_LATER,
     PromptStream,
     RewardFn,
     check_batches,
@@ -321,7 +320,7 @@ def _train_quark(policy, ref_policy, reward_fn, tokenizer, prompts, cfg: QuarkCo
                     loss, stats = quark_loss(policy, ref_policy, batch, cfg, vocab_size)
                     (loss / divisor).backward()
                 step_stats.append(stats)
-            distributed.optimizer_step(policy, optimizer, STEP_SCHEDULE_LATER, cfg.max_grad_norm)
+            distributed.optimizer_step(policy, optimizer, None, cfg.max_grad_norm)  # schedule: once per Quark step, below
             train_stats.append(mean_stats(step_stats))
         scheduler.step()
         policy.eval()
