@@ -224,6 +224,29 @@ def preference_methods(pset: str) -> list[Stage]:
     ]
 
 
+def method_health_path(pset: str, ext: str) -> str:
+    return f"results/method_health_{pset}.{ext}"
+
+
+def method_health(pset: str, evaluated: dict[str, str]) -> Stage:
+    """Each method of world ``pset`` checked on held-out data (validation prompts, held-out labelled pairs,
+    the evaluation set's reference answers), with the world's win-rate deltas from its annotations."""
+    models = {"base_model": model_dir("base_model"), "sft": model_dir("sft"), "sft_52k": model_dir("sft_52k"),
+              "reward_model": model_dir(f"reward_model_{pset}")}
+    models |= {m: model_dir(f"{m}_{pset}") for m in ("dpo", "feedme", "reward_conditioning", "ppo", "quark", "expert_iteration")}
+    return Stage(
+        f"method_health_{pset}",
+        "method_health",
+        deps={**models, "validation": "data/splits/validation.json", "eval_set": "data/eval_set.json",
+              "annotations": tuple(annotations_path(pset, g) for g in evaluated)},
+        outs={"csv": method_health_path(pset, "csv"), "markdown": method_health_path(pset, "md"), "pairs": f"data/health/{pset}.json"},
+        metrics={"metrics": f"results/metrics/method_health_{pset}.json"},
+        params=("scale", "paths", "preference_data", "reward_conditioning", "method_health"),
+        args={"preference_set": pset},
+        paper=GPU_INFER,
+    )
+
+
 def build_stages() -> list[Stage]:
     stages = [
         Stage(
@@ -366,6 +389,8 @@ def build_stages() -> list[Stage]:
             metrics={"metrics": "results/metrics/alpacaeval2_reproduction.json"},
         ),
     ]
+    # Does each method do its job? Every method's own check on held-out data, per world.
+    stages += [method_health(pset, evaluated[pset]) for pset in PREFERENCE_SETS]
     # The paper's end-to-end check: do both worlds rank the models the same way? Then the report.
     stages += [
         Stage(
@@ -407,6 +432,7 @@ def build_stages() -> list[Stage]:
                 "alpacaeval2": "results/alpacaeval2_reproduction.md",
                 "annotators": "results/annotators/analysis.md",
                 "paper_results": "data/paper/alpaca_farm_results.csv",
+                **{f"method_health_{pset}": method_health_path(pset, "md") for pset in PREFERENCE_SETS},
             },
             outs={"out": "results/REPORT.md"},
             params=("scale", "data", "base_model", "report"),

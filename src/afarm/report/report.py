@@ -93,6 +93,9 @@ class ReportPaths:
     annotators: str
     paper_results: str
     out: str
+    # Per world: the method-health table (stage method_health_<set>); "" = no such section.
+    method_health_sim: str = ""
+    method_health_human: str = ""
 
 
 # ---------------------------------------------------------------- readers
@@ -540,6 +543,25 @@ def _differences(facts: ScaleFacts, metrics: dict) -> list[str]:
     return lines + [""]
 
 
+def _method_health(tables: list[str], out: str) -> list[str]:
+    """The section "Does each method do its job?": each world's method-health table, included."""
+    if not tables:
+        return []
+    lines = [
+        "## Does each method do its job? Method health on held-out data",
+        "",
+        "At this scale no paper finding can show; what the run can show is that every method, as wired here, "
+        "optimizes what it claims to. Each row is one method's own check on data it never trained on (validation "
+        "prompts, held-out labelled pairs of SFT samples on them, or the evaluation set's reference answers), as a "
+        "gain over the method's starting point with one standard error; beside it the win-rate change over its "
+        "baseline under the world's evaluator.",
+        "",
+    ]
+    for path in tables:
+        lines += [_included(path, out).rstrip("\n"), ""]
+    return lines
+
+
 def build_report(paths: ReportPaths, cfg: ReportConfig, facts: ScaleFacts) -> str:
     """The Markdown text of REPORT.md (deterministic for the same inputs)."""
     sim_board, human_board = read_leaderboard(paths.sim_leaderboard), read_leaderboard(paths.human_leaderboard)
@@ -557,7 +579,7 @@ def build_report(paths: ReportPaths, cfg: ReportConfig, facts: ScaleFacts) -> st
         "",
     ]
     for f in fields(ReportPaths):
-        if f.name != "out":
+        if f.name != "out" and getattr(paths, f.name):
             target = getattr(paths, f.name)
             lines.append(f"- {f.name.replace('_', ' ')}: [`{_link(target, out)}`]({_link(target, out)})")
     lines.append("")
@@ -566,6 +588,7 @@ def build_report(paths: ReportPaths, cfg: ReportConfig, facts: ScaleFacts) -> st
     if cfg.judges_note.strip():
         lines += [f"> {' '.join(cfg.judges_note.split())}", ""]
     lines += _headline(metrics, paper)
+    lines += _method_health([p for p in (paths.method_health_sim, paths.method_health_human) if p], out)
     lines += _sim_vs_human(comparison, metrics, scatter)
     lines += _ours_vs_paper(comparison, paper)
     lines += _leaderboards(sim_board, human_board, metrics, lc_plot)

@@ -55,6 +55,8 @@ def arguments():
     p.add_argument("--alpacaeval2", required=True, help="results/alpacaeval2_reproduction.md")
     p.add_argument("--annotators", required=True, help="results/annotators/analysis.md")
     p.add_argument("--paper_results", required=True, help="data/paper/alpaca_farm_results.csv")
+    p.add_argument("--method_health_sim", default="", help="results/method_health_sim.md (optional section)")
+    p.add_argument("--method_health_human", default="", help="results/method_health_human.md (optional section)")
     p.add_argument("--out", required=True, help="results/REPORT.md to write")
     return p
 
