@@ -42,6 +42,7 @@ REDUCED = {
     "reward_conditioning": {"train": {"max_length": {"tiny": 128}}},
     "analyze_annotators": {"max_pairs": {"tiny": 60}, "n_seeds": {"tiny": 2}},
     "sim_vs_human": {"n_bootstrap": 200},
+    "method_health": {"best_of_n": {"tiny": 2}, "max_length": {"tiny": 128}},
 }
 
 

@@ -62,6 +62,20 @@ def test_reduced_tiny_dag_with_snakemake_dvc_push_pull_and_repro(repo, shared, t
     report = (work / "results" / "REPORT.md").read_text()
     assert "stand-in" in report.lower() and "sim_vs_human.png" in report
     assert "ours: trained rows (headline)" in report and "evaluation noise only" in report
+    # method health: every method's own check, per world, on held-out data (the reduced scale trains too
+    # little for the checks to pass; results/metrics/method_health_*.json of the real tiny run are asserted by
+    # tests/test_committed_health.py). Here: every row is there, with a finite standard error, on the
+    # held-out pairs of the 16 validation prompts, and "passed" is exactly "gain > k SE".
+    for pset in ("sim", "human"):
+        health = json.loads((work / "results" / "metrics" / f"method_health_{pset}.json").read_text())
+        assert set(health["checks"]) == methods | {"sft", "sft_52k", "reward_model", "reward_conditioning_control"}
+        assert health["num_prompts"] == 16 and 0 < health["num_pairs"] <= 32
+        for name, check in health["checks"].items():
+            assert check["se"] >= 0 and check["passed"] == (check["gain"] > health["k"] * check["se"] and check["gain"] > 0), name
+        assert health["checks"]["best_of_n"]["gain"] >= 0  # the RM's pick of n samples scores at least the first
+        assert 0 <= health["checks"]["reward_model"]["ceiling"] <= 1
+    assert "Does each method do its job?" in report and "method_health_sim" in report
+
     assert "Nothing to be done" in sh("snakemake --cores 2 -n", work)
 
     # 2. DVC records the run and pushes it to a local directory remote.
