@@ -306,3 +306,23 @@ def test_cli_writes_the_report_and_exits_2_on_a_missing_input(inputs, tmp_path, 
     assert exit_.value.code == 2
     assert f"error: {inputs.lc_plot}: file not found" in capsys.readouterr().err
     assert Path(inputs.out).read_bytes() == first  # the earlier report survives
+
+
+def test_method_health_tables_make_one_section_after_the_headline(inputs):
+    import dataclasses
+
+    res = Path(inputs.out).parent
+    for pset in ("sim", "human"):
+        (res / f"method_health_{pset}.md").write_text(
+            f"### Method health, world `{pset}`: does each method do its job on held-out data?\n\n"
+            f"| method | gain ± SE (n) | passes |\n|---|---:|:---:|\n| dpo | +0.081 ± 0.025 (400) | yes |\n")
+    paths = dataclasses.replace(inputs, method_health_sim=str(res / "method_health_sim.md"),
+                                method_health_human=str(res / "method_health_human.md"))
+    stage.main(_args(paths), PARAMS)
+    text = Path(paths.out).read_text()
+    section = text.index("## Does each method do its job? Method health on held-out data")
+    assert text.index("world `sim`") > section and text.index("world `human`") > text.index("world `sim`")
+    assert "[`method_health_sim.md`](method_health_sim.md)" in text  # listed among the inputs
+    # without the tables (e.g. an older run) there is no such section
+    stage.main(_args(inputs), PARAMS)
+    assert "Method health" not in Path(inputs.out).read_text()

@@ -120,6 +120,7 @@ def main(args, params) -> None:
     sft, tokenizer = load_for_generation(args.sft, gen)
     sft_samples = generate_samples(sft, tokenizer, prompts, gen)
 
+    log.info("sampled %d x %d SFT outputs", len(prompts), n_samples)
     # ---- held-out preference pairs, labelled as the training pairs are
     records = []
     for r, p, samples in zip(rows, prompts, sft_samples):
@@ -172,6 +173,7 @@ def main(args, params) -> None:
         table.append(_row(name, "response loss (nats/token), base -> trained", "eval-set reference answers",
                           sum(before) / len(before), sum(after) / len(after), gain, cfg.k, **win(name, "base_model")))
 
+    log.info("SFT rows done")
     # ---- reward model: accuracy on the noisy held-out labels, ceiling, agreement with the clean judge
     rm, rm_tok = load_reward_model(args.reward_model)
 
@@ -214,6 +216,7 @@ def main(args, params) -> None:
     table.append(_row("reward_conditioning_control", "RM score: good-token sample - bad-token sample", "validation prompts",
                       sum(b) / len(b), sum(g) / len(g), health.paired_delta(g, b), cfg.k, **win(f"reward_conditioning_{pset}")))
 
+    log.info("pair rows done")
     # ---- PPO, Quark, expert iteration: RM score of the policy's sample vs the SFT model's, and KL to SFT
     sft_first = [s[0] for s in sft_samples]
     sft_scores = rm_score(prompts, sft_first)
@@ -231,8 +234,9 @@ def main(args, params) -> None:
                           kl_to_sft=kl.value, kl_to_sft_se=kl.se, **win(f"{name}_{pset}")))
 
     # ---- best-of-n: the RM's pick of the SFT model's first n samples vs the first sample
-    all_scores = [rm_score([p] * cfg.best_of_n, s[: cfg.best_of_n]) for p, s in zip(prompts, sft_samples)]
-    best = [max(s) for s in all_scores]
+    n = cfg.best_of_n
+    flat = rm_score([p for p in prompts for _ in range(n)], [out for s in sft_samples for out in s[:n]])
+    best = [max(flat[i * n : (i + 1) * n]) for i in range(len(prompts))]
     table.append(_row("best_of_n", f"RM score: best of {cfg.best_of_n} SFT samples - first", "validation prompts",
                       sum(sft_scores) / len(sft_scores), sum(best) / len(best), health.paired_delta(best, sft_scores), cfg.k,
                       **win(f"best_of_n_{pset}")))
@@ -247,7 +251,7 @@ def main(args, params) -> None:
         "preference_set": pset, "labeller": labeller, "clean_labeller": cfg.clean_annotators.get(pset), "k": cfg.k,
         "num_pairs": len(records), "num_prompts": len(rows), "all_passed": all(r["passed"] for r in table),
         "failed": [r["method"] for r in table if not r["passed"]],
-        "checks": {r["method"]: {k: r[k] for k in CSV_COLUMNS if k not in ("method", "preference_set")} for r in table},
+        "checks": {r["method"]: {k: r.get(k) for k in CSV_COLUMNS if k not in ("method", "preference_set")} for r in table},
     })
 
 
