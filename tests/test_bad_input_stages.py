@@ -118,6 +118,8 @@ def write_valid_input(ws: Path, rel: str, eval_rows: list[dict], models: dict[st
         _write(path, _gamed())
     elif rel == "results/metrics/sim_vs_human.json":
         _write(path, SIM_VS_HUMAN_METRICS)
+    elif rel.startswith("results/method_health_") and rel.endswith(".md"):
+        _write(path, "### Method health\n\n| method | passes |\n|---|:---:|\n| dpo | yes |\n")
     elif (repo / rel).is_file():  # the committed tables, figures and paper numbers
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(repo / rel, path)
@@ -202,6 +204,7 @@ CASES: dict[str, Case] = {
     "preference_data/split_missing_input": Case("preference_data_sim", "data/splits/preference.json", edit_json(drop_field(0, "input")), ("row 0, field 'input': missing field",)),
     "sim_vs_human/annotation_preference_3": Case("sim_vs_human", "results/annotations/human/sft.json", edit_json(set_field(2, "preference", 3)), ("row 2, field 'preference'", "3.0 is outside [1, 2]")),
     "sim_vs_human/annotation_missing_generator": Case("sim_vs_human", "results/annotations/sim/ppo_sim.json", edit_json(drop_field(0, "generator_2")), ("row 0, field 'generator_2': missing field",)),
+    "method_health/validation_missing_input": Case("method_health_sim", "data/splits/validation.json", edit_json(drop_field(0, "input")), ("row 0, field 'input': missing field",)),
     "report/leaderboard_missing_column": Case("report", "results/leaderboard_sim.csv", drop_column("win_rate"), ("field 'win_rate': missing column",)),
     "analyze_annotators/gold_bad_preference": Case("analyze_annotators", GOLD, edit_json(set_field(3, "preference", "A"), gz=True), ("row 3, field 'preference'", "'A'")),
     "instruction_difficulty/leaderboard_missing_column": Case("instruction_difficulty", dag.AE2_LEADERBOARD, drop_column("length_controlled_winrate"), ("field 'length_controlled_winrate': missing column",)),
