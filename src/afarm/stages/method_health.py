@@ -188,8 +188,7 @@ def main(args, params) -> None:
         extra["ceiling"] = health.agreement(clean, noisy).value
         extra["clean_agreement"] = health.pair_accuracy([a - b if lab == 1 else b - a for a, b, lab in zip(s1, s2, clean)]).value
     table.append(_row("reward_model", "pairwise accuracy on held-out labels", "validation pairs", 0.5, acc.value,
-                      health.shifted(acc, 0.5), cfg.k, **extra, **win(f"best_of_n_{pset}")))
-    table[-1].update({"win_delta": None, "win_delta_se": None})  # the RM has no outputs of its own
+                      health.shifted(acc, 0.5), cfg.k, **extra))  # the RM has no outputs of its own to judge
 
     # ---- DPO, FeedME: implicit reward log pi - log pi_sft on the held-out pairs
     ref_w, ref_l = logps(sft, tokenizer, chosen), logps(sft, tokenizer, rejected)
