@@ -14,9 +14,14 @@ import pytest
 
 from afarm.metrics.health import Estimate, passes
 
-# Checks the tiny run is known to fail, with the reason written next to the params (an entry here is a
-# finding, not a fix: remove it when the method passes). DPO: see the `dpo` comment in params.yaml.
-KNOWN_FAILING = {"dpo": "held-out implicit-reward accuracy at or below chance at every setting tried (params.yaml dpo)"}
+# Checks the tiny run is known to fail, each with what was measured (an entry here is a finding, not a fix:
+# remove it when the method passes). Measured with the previous tiny run's models (results/method_health_*.md
+# of the next run replace these numbers); the causes are not yet found.
+KNOWN_FAILING = {
+    "feedme": "implicit-reward accuracy 0.515 (sim) / 0.492 (human) +- 0.025 on 400 held-out pairs",
+    "reward_conditioning": "control-token accuracy 0.505 (sim) / 0.535 (human) +- 0.025 on 400 held-out pairs",
+    "reward_conditioning_control": "RM score good - bad token +0.03 +- 0.06 (sim) / +0.09 +- 0.07 (human), 200 prompts",
+}
 
 CHECKS = {"sft", "sft_52k", "reward_model", "dpo", "feedme", "reward_conditioning", "reward_conditioning_control",
           "ppo", "quark", "expert_iteration", "best_of_n"}
