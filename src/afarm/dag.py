@@ -238,8 +238,8 @@ def method_health(pset: str, evaluated: dict[str, str]) -> Stage:
         f"method_health_{pset}",
         "method_health",
         deps={**models, "validation": "data/splits/validation.json", "eval_set": "data/eval_set.json",
-              # the rows it compares: base model and SFT (the baselines) and this world's methods
-              "annotations": tuple(annotations_path(pset, g) for g in evaluated if g in ("base_model", "sft") or g.endswith(f"_{pset}"))},
+              # the rows it compares: base model, SFT, SFT 52k and this world's methods
+              "annotations": tuple(annotations_path(pset, g) for g in evaluated if g in ("base_model", "sft", "sft_52k") or g.endswith(f"_{pset}"))},
         outs={"csv": method_health_path(pset, "csv"), "markdown": method_health_path(pset, "md"), "pairs": f"data/health/{pset}.json"},
         metrics={"metrics": f"results/metrics/method_health_{pset}.json"},
         params=("scale", "paths", "preference_data", "reward_conditioning", "method_health"),
