@@ -18,8 +18,8 @@ from afarm.metrics.health import Estimate, passes
 # remove it when the method passes). Measured with the previous tiny run's models (results/method_health_*.md
 # of the next run replace these numbers); the causes are not yet found.
 KNOWN_FAILING = {
-    "feedme": "implicit-reward accuracy 0.515 (sim) / 0.492 (human) +- 0.025 on 400 held-out pairs",
-    "reward_conditioning": "control-token accuracy 0.505 (sim) / 0.535 (human) +- 0.025 on 400 held-out pairs",
+    "feedme": "implicit-reward accuracy 0.515 (sim) / 0.492 (human) +- 0.025 on 400 held-out pairs; lr 3e-5..3e-4: 0.52-0.54",
+    "reward_conditioning": "control-token accuracy 0.505 (sim) / 0.535 (human) +- 0.025 on 400 held-out pairs; lr 1e-4: 0.455",
     "reward_conditioning_control": "RM score good - bad token +0.03 +- 0.06 (sim) / +0.09 +- 0.07 (human), 200 prompts",
 }
 
