@@ -102,6 +102,30 @@ SIM_VS_HUMAN_CSV = "results/sim_vs_human.csv"
 PLOT_PROPS = {
     SIM_VS_HUMAN_CSV: {"template": "scatter", "x": "sim_win_rate", "y": "human_win_rate", "title": "Win rate: simulated vs human world"},
 }
+# Every training stage writes its training curve (afarm.curves: a row per step) to CURVES/<stage>.csv,
+# declared as a plot of CURVE_Y against `step`, so `dvc plots diff` compares two runs' curves (any other
+# column: `dvc plots show CURVES/<stage>.csv -y <column>`). PPO and Quark also draw a PNG there.
+CURVES = "results/curves"
+CURVE_Y = {"ppo": "score", "quark": "score"}  # the RL loops: mean reward-model score of the rollouts; else "loss"
+
+
+def curve_path(stage: str, suffix: str = ".csv") -> str:
+    return f"{CURVES}/{stage}{suffix}"
+
+
+def curve(stage: str) -> dict[str, str]:
+    """The ``plots`` entry of a training stage: its curve CSV (flag ``--log``)."""
+    return {"log": curve_path(stage)}
+
+
+def plot_props(stage: Stage, path: str) -> dict:
+    """The plot properties of ``path``, a plot of ``stage`` (none for an image)."""
+    if path in PLOT_PROPS:
+        return PLOT_PROPS[path]
+    if path == curve_path(stage.name):
+        y = CURVE_Y.get(stage.module, "loss")
+        return {"template": "linear", "x": "step", "y": y, "title": f"{stage.name}: {y} per step"}
+    return {}
 
 
 def stage_name(name: str) -> str:
@@ -147,6 +171,7 @@ def preference_methods(pset: str) -> list[Stage]:
             deps={"sft": sft, "preferences": prefs},
             outs={"out": rm},
             metrics=metrics("reward_model"),
+            plots=curve(f"reward_model_{pset}"),
             params=("scale", "reward_model"),
             paper=GPU_TRAIN,
         ),
@@ -166,6 +191,7 @@ def preference_methods(pset: str) -> list[Stage]:
             deps={"sft": sft, "reward_model": rm, "unlabeled": unlabeled},
             outs={"out": model_dir(f"expert_iteration_{pset}"), "data": f"data/expert_iteration/{pset}.json"},
             metrics=metrics("expert_iteration"),
+            plots=curve(f"expert_iteration_{pset}"),
             params=("scale", "expert_iteration"),
             paper=GPU_TRAIN,
         ),
@@ -173,8 +199,9 @@ def preference_methods(pset: str) -> list[Stage]:
             f"ppo_{pset}",
             "ppo",
             deps={"sft": sft, "reward_model": rm, "unlabeled": unlabeled},
-            outs={"out": model_dir(f"ppo_{pset}"), "plot": f"results/plots/ppo_{pset}.png", "log": f"results/logs/ppo_{pset}.csv"},
+            outs={"out": model_dir(f"ppo_{pset}")},
             metrics=metrics("ppo"),
+            plots={"plot": curve_path(f"ppo_{pset}", ".png"), **curve(f"ppo_{pset}")},
             params=("scale", "ppo"),
             args={"preference_set": pset},
             paper=GPU_TRAIN,
@@ -183,13 +210,9 @@ def preference_methods(pset: str) -> list[Stage]:
             f"quark_{pset}",
             "quark",
             deps={"sft": sft, "reward_model": rm, "unlabeled": unlabeled, "eval_set": "data/eval_set.json"},
-            outs={
-                "out": model_dir(f"quark_{pset}"),
-                "outputs": outputs_path(f"quark_{pset}"),
-                "plot": f"results/plots/quark_{pset}.png",
-                "log": f"results/logs/quark_{pset}.csv",
-            },
+            outs={"out": model_dir(f"quark_{pset}"), "outputs": outputs_path(f"quark_{pset}")},
             metrics=metrics("quark"),
+            plots={"plot": curve_path(f"quark_{pset}", ".png"), **curve(f"quark_{pset}")},
             params=("scale", "quark", "generate"),
             args={"generator": f"quark_{pset}", "preference_set": pset},
             paper=GPU_TRAIN,
@@ -200,6 +223,7 @@ def preference_methods(pset: str) -> list[Stage]:
             deps={"sft": sft, "preferences": prefs},
             outs={"out": model_dir(f"dpo_{pset}")},
             metrics=metrics("dpo"),
+            plots=curve(f"dpo_{pset}"),
             params=("scale", "dpo"),
             paper=GPU_TRAIN,
         ),
@@ -209,6 +233,7 @@ def preference_methods(pset: str) -> list[Stage]:
             deps={"sft": sft, "preferences": prefs, "validation": validation},
             outs={"out": model_dir(f"feedme_{pset}")},
             metrics=metrics("feedme"),
+            plots=curve(f"feedme_{pset}"),
             params=("scale", "feedme"),
             paper=GPU_TRAIN,
         ),
@@ -218,6 +243,7 @@ def preference_methods(pset: str) -> list[Stage]:
             deps={"sft": sft, "preferences": prefs, "validation": validation},
             outs={"out": model_dir(f"reward_conditioning_{pset}")},
             metrics=metrics("reward_conditioning"),
+            plots=curve(f"reward_conditioning_{pset}"),
             params=("scale", "reward_conditioning"),
             paper=GPU_TRAIN,
         ),
@@ -239,6 +265,7 @@ def build_stages() -> list[Stage]:
             deps={"unlabeled": "data/splits/unlabeled.json", "validation": "data/splits/validation.json"},
             outs={"out": model_dir("base_model")},
             metrics={"metrics": "results/metrics/base_model.json"},
+            plots=curve("base_model"),
             params=("scale", "base_model"),
             paper=GPU_INFER,
         ),
@@ -252,6 +279,7 @@ def build_stages() -> list[Stage]:
             },
             outs={"out": model_dir("sft")},
             metrics={"metrics": "results/metrics/sft.json"},
+            plots=curve("sft"),
             params=("scale", "sft"),
             paper=GPU_TRAIN,
         ),
@@ -268,6 +296,7 @@ def build_stages() -> list[Stage]:
             },
             outs={"out": model_dir("sft_52k")},
             metrics={"metrics": "results/metrics/sft_52k.json"},
+            plots=curve("sft_52k"),
             params=("scale", "sft"),
             paper=GPU_TRAIN,
         )
@@ -494,7 +523,7 @@ def dvc_yaml() -> str:
         if stage.metrics:
             entry["metrics"] = [{path: {"cache": False}} for path in stage.metrics.values()]
         if stage.plots:
-            entry["plots"] = [{path: {**PLOT_PROPS.get(path, {}), "cache": False}} for path in stage.plots.values()]
+            entry["plots"] = [{path: {**plot_props(stage, path), "cache": False}} for path in stage.plots.values()]
         stages[stage.name] = entry
     header = "# GENERATED from src/afarm/dag.py by `python -m afarm.dag --write`. Do not edit by hand.\n"
     return header + yaml.safe_dump({"stages": stages}, sort_keys=False, width=1000)

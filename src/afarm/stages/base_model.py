@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 
 from afarm.config import stage_config
+from afarm.curves import curve_columns, write_curve
 from afarm.data.instructions import read_examples
 from afarm.io import write_json
 from afarm.models.lm import ModelConfig, build_model, num_parameters, save_model
@@ -37,6 +38,7 @@ def main(args, params) -> None:
             tokenizer.add_special_tokens({"pad_token": "[PAD]"})
         model = build_model(cfg.model, tokenizer)
         stats: dict = {"trained": False}
+        curve: dict = {"loss": []}  # nothing trained: the header alone
     else:
         from afarm.models.tokenizer import train_tokenizer
 
@@ -44,9 +46,12 @@ def main(args, params) -> None:
         model = build_model(cfg.model, tokenizer)
         log.info("training a %.2fM-parameter model from scratch on %d texts", num_parameters(model) / 1e6, len(train))
         stats = train_causal_lm(model, tokenizer, train, cfg.train, response_only=False)
+        curve = curve_columns(stats)
         stats = {"trained": True, "final_train_loss": stats["losses"][-1], "num_steps": len(stats["losses"])}
     val = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
     save_model(model, tokenizer, args.out)
+    if args.log:
+        write_curve(args.log, curve)
     write_json(args.metrics, {"num_parameters": num_parameters(model), **stats, "validation_response_loss": val["loss"]})
 
 
@@ -56,6 +61,7 @@ def arguments():
     p.add_argument("--validation", required=True)
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--metrics", required=True)
+    p.add_argument("--log", default=None, help="CSV of per-step training statistics (the training curve, afarm.curves)")
     return p
 
 

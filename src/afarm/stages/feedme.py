@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from afarm import distributed
 from afarm.config import stage_config
+from afarm.curves import curve_columns, write_curve
 from afarm.data.instructions import read_examples
 from afarm.data.preferences import read_preferences
 from afarm.io import write_json
@@ -26,6 +27,8 @@ def main(args, params) -> None:
     save_model(model, tokenizer, args.out)  # gathered, written by rank 0
     if not distributed.is_main():
         return
+    if args.log:
+        write_curve(args.log, curve_columns(stats))
     write_json(
         args.metrics,
         {
@@ -46,6 +49,7 @@ def arguments():
     p.add_argument("--validation", required=True, help="the validation split (response loss before / after)")
     p.add_argument("--out", required=True, help="model folder to write (models/feedme_<S>)")
     p.add_argument("--metrics", required=True)
+    p.add_argument("--log", default=None, help="CSV of per-step training statistics (the training curve, afarm.curves)")
     return p
 
 

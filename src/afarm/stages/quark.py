@@ -19,6 +19,7 @@ import torch
 
 from afarm import distributed
 from afarm.config import stage_config
+from afarm.curves import log_columns, write_curve
 from afarm.data.eval_set import load_eval_set, model_outputs
 from afarm.data.instructions import read_examples
 from afarm.io import write_json
@@ -29,7 +30,7 @@ from afarm.models.generate import GenerationConfig, generate
 from afarm.models.lm import load_model
 from afarm.models.prompts import format_prompt
 from afarm.stages._cli import parser, run
-from afarm.stages.ppo import check_distributed, frozen_dtype, kl_coef_for, preparer, reward_function, summary, write_curves, write_log
+from afarm.stages.ppo import check_distributed, frozen_dtype, kl_coef_for, preparer, reward_function, summary, write_curves
 
 CURVES = ("score", "train_kl", "train_entropy")
 
@@ -65,7 +66,7 @@ def main(args, params) -> None:
     write_json(args.outputs, model_outputs(eval_set, texts, args.generator))
     log = [{k: v for k, v in r.items() if k != "example_response"} for r in result["log"]]
     if args.log:
-        write_log(args.log, log)
+        write_curve(args.log, log_columns(log))
     write_curves(args.plot, log, CURVES, f"Quark ({args.preference_set or 'reward model'})")
     write_json(args.metrics, {**summary(result), "kl_coef": cfg.kl_coef, "generation_prefix": prefix, "example_response": result["log"][-1]["example_response"]})
 
@@ -80,7 +81,7 @@ def arguments():
     p.add_argument("--outputs", required=True, help="model_outputs.json of the trained model on the eval set")
     p.add_argument("--metrics", required=True)
     p.add_argument("--plot", required=True, help="PNG of reward / KL / entropy per step")
-    p.add_argument("--log", default=None, help="CSV of per-step statistics")
+    p.add_argument("--log", default=None, help="CSV of per-step statistics (the training curve, afarm.curves)")
     p.add_argument("--generator", required=True, help="name of this model in the leaderboard, e.g. quark_sim")
     p.add_argument("--preference_set", default=None, help="sim | human: picks quark.kl_coef when it is per set")
     return p

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from afarm import distributed
 from afarm.config import stage_config
+from afarm.curves import curve_columns, write_curve
 from afarm.data.instructions import read_examples
 from afarm.io import write_json
 from afarm.models.lm import load_model, save_model
@@ -37,6 +38,8 @@ def main(args, params) -> None:
     save_model(model, tokenizer, args.out)  # gathered, written by rank 0
     if not distributed.is_main():
         return
+    if args.log:
+        write_curve(args.log, curve_columns(stats))
     write_json(
         args.metrics,
         {
@@ -58,6 +61,7 @@ def arguments():
     p.add_argument("--validation", required=True)
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--metrics", required=True)
+    p.add_argument("--log", default=None, help="CSV of per-step training statistics (the training curve, afarm.curves)")
     return p
 
 
