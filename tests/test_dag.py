@@ -31,7 +31,7 @@ def test_every_command_parses_with_its_stage_module():
         assert argv[:4] == ["python", "-m", "afarm.stages", stage.module]  # the launcher, then the module
         module = importlib.import_module(f"afarm.stages.{stage.module}")
         args = module.arguments().parse_args(argv[4:])
-        for flag, value in {**stage.deps, **stage.outs, **stage.metrics}.items():
+        for flag, value in {**stage.deps, **stage.outs, **stage.metrics, **stage.plots}.items():
             got = getattr(args, flag)
             want = [p.format(shared_data="/bundle") for p in dag.as_list(value)]
             assert (got if isinstance(got, list) else [got]) == want, (stage.name, flag)

@@ -273,7 +273,7 @@ def test_ppo_stage_end_to_end(tok, tmp_path):
     assert {"initial_score", "final_score", "final_kl", "final_entropy"} <= set(metrics)
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader((tmp_path / "log.csv").open()))
-    assert [int(r["step"]) for r in rows] == [1, 2] and {"score", "kl", "entropy", "policy_loss", "value_loss"} <= set(rows[0])
+    assert [int(r["step"]) for r in rows] == [1, 2] and {"score", "kl", "entropy", "policy_loss", "value_loss", "learning_rate", "grad_norm"} <= set(rows[0])
     model, loaded_tok = load_model(tmp_path / "ppo")
     assert len(loaded_tok) == len(tok) and model.config.vocab_size == build_model(TOY, tok).config.vocab_size
     # A per-set kl_coef without the set named is bad input.

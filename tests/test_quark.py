@@ -4,6 +4,7 @@ a toy reward, and the stage end to end on toy models."""
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import math
 
@@ -181,10 +182,14 @@ def test_quark_stage_end_to_end(tok, tmp_path):
     args = stage.arguments().parse_args([
         "--sft", str(tmp_path / "sft"), "--reward_model", str(tmp_path / "rm"), "--unlabeled", str(tmp_path / "unlabeled.json"),
         "--eval_set", str(tmp_path / "eval.json"), "--out", str(tmp_path / "quark"), "--outputs", str(tmp_path / "outputs.json"),
-        "--metrics", str(tmp_path / "m.json"), "--plot", str(tmp_path / "p.png"), "--generator", "quark_sim", "--preference_set", "sim",
+        "--metrics", str(tmp_path / "m.json"), "--plot", str(tmp_path / "p.png"), "--log", str(tmp_path / "curve.csv"),
+        "--generator", "quark_sim", "--preference_set", "sim",
     ])
     stage.main(args, params)
     metrics = json.loads((tmp_path / "m.json").read_text())
+    curve = list(csv.DictReader((tmp_path / "curve.csv").open()))  # the training curve: a row per Quark step
+    assert [int(r["step"]) for r in curve] == [1, 2] and float(curve[-1]["score"]) == metrics["final_score"]
+    assert {"loss", "train_kl", "train_entropy", "learning_rate", "grad_norm"} <= set(curve[0]) and "seconds" not in curve[0]
     assert metrics["num_steps"] == 2 and metrics["generation_prefix"] == "<reward_0>" and metrics["kl_coef"] == 0.05
     outputs = json.loads((tmp_path / "outputs.json").read_text())
     assert [o["instruction"] for o in outputs] == [r["instruction"] for r in eval_set]
