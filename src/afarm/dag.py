@@ -69,7 +69,7 @@ class Stage:
     deps: dict[str, str | tuple[str, ...]]  # flag -> one path, or several
     outs: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, str] = field(default_factory=dict)  # small JSON, `cache: false`
-    plots: dict[str, str] = field(default_factory=dict)  # small CSV for `dvc plots show`, `cache: false`
+    plots: dict[str, str] = field(default_factory=dict)  # small CSV or PNG for `dvc plots show`, `cache: false`
     params: tuple[str, ...] = ()  # params.yaml sections read by the stage
     args: dict[str, str | tuple[str, ...]] = field(default_factory=dict)  # fixed non-path flags (a tuple: several values)
     tiny: Resources = CPU
