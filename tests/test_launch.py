@@ -109,10 +109,10 @@ def _write_training_inputs(root: Path) -> None:
 def _train(root: Path, out: str, env: dict, launcher: bool) -> str:
     module = ["afarm.stages", "base_model"] if launcher else ["afarm.stages.base_model"]
     argv = [sys.executable, "-m", *module, "--unlabeled", "train.json", "--validation", "validation.json",
-            "--out", out, "--metrics", f"{out}.json"]
+            "--out", out, "--metrics", f"{out}.json", "--log", f"{out}.csv"]
     result = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    return hashlib.md5((root / out / "model.safetensors").read_bytes()).hexdigest()
+    return hashlib.md5((root / out / "model.safetensors").read_bytes() + (root / f"{out}.csv").read_bytes()).hexdigest()  # weights and training curve
 
 
 @pytest.mark.skipif(os.uname().machine not in ("x86_64", "AMD64"), reason="CPU kernel paths are x86's")
