@@ -137,10 +137,13 @@ def _check_model(path: Path, reference: list[dict], asked: list[dict], args) -> 
     known = {r["instruction"] for r in reference}
     extra = [i for i, r in enumerate(records) if r["instruction"] not in known]
     missing = [i for i, r in enumerate(asked) if r["instruction"] not in by_instruction]
+    if len(missing) == len(asked):
+        raise InputError(path, f"none of its {len(records)} outputs answers one of the {len(asked)} evaluation "
+                         "instructions (outputs for another evaluation set?)", field="instruction")
     what = f"{len(missing)} of {len(asked)} evaluation instructions have no output"
     if missing:
         first = f"(first: eval row {missing[0]}: {asked[missing[0]]['instruction'][:60]!r})"
-        if args.strict or len(missing) == len(asked):
+        if args.strict:
             raise InputError(path, f"{what} {first}", field="instruction")
     if extra and args.strict:
         raise InputError(path, "instruction is not in the evaluation set", row=extra[0], field="instruction")
