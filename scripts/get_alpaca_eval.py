@@ -9,12 +9,15 @@ folder that holds ``alpaca_eval/``. The script
    into ``--clone`` (default DEST/.alpaca_eval_clone), sparse-checks-out only the files listed in
    ``data/alpaca_eval_bundle/files.sha256`` and checks out the pinned commit (needs git >= 2.27
    and network; about 90 MB are downloaded);
-2. copies them to DEST/alpaca_eval/ at the same relative paths; the three CSVs listed in
+2. copies them to DEST/alpaca_eval/ at the same relative paths, each ``annotations.json`` gzipped
+   to ``annotations.json.gz`` as in the bundle (level 9, no name, time 0: the bundle's bytes, so
+   ``dvc.lock`` recognises them); the three CSVs listed in
    ``data/alpaca_eval_bundle/csv_rows.json`` (two leaderboards, the LC weights) keep only the rows
    of the models in the bundle, as the bundle the committed results were computed on does
    (the stages that read every row, ``instruction_difficulty`` and ``alpacaeval2_reproduction``,
    would otherwise calibrate over more models and give other numbers);
-3. checks the SHA-256 of every file against ``files.sha256`` and exits 1 naming each mismatch.
+3. checks the SHA-256 of every file (before gzip) against ``files.sha256`` and exits 1 naming
+   each mismatch.
 
 ``--source DIR``: an existing checkout of alpaca_eval at the pinned commit (no git command runs).
 """
@@ -25,8 +28,10 @@ import argparse
 import hashlib
 import json
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 REPOSITORY = "https://github.com/tatsu-lab/alpaca_eval"
@@ -62,6 +67,13 @@ def keep_rows(data: bytes, names: list[str]) -> bytes:
     return b"".join(lines[:1] + [line for line in lines[1:] if line.split(b",", 1)[0].decode("utf-8") in wanted])
 
 
+def gzip_bytes(data: bytes) -> bytes:
+    """gzip as the bundle's files are: deflate level 9, no file name, mtime 0, XFL 2, OS 3 (Unix)."""
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = deflate.compress(data) + deflate.flush()
+    return b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\x03" + body + struct.pack("<II", zlib.crc32(data), len(data) & 0xFFFFFFFF)
+
+
 def install(source: Path, dest: Path) -> list[str]:
     """Copy the listed files from ``source`` into ``dest``/alpaca_eval; return the problems found."""
     manifest = read_manifest()
@@ -78,6 +90,8 @@ def install(source: Path, dest: Path) -> list[str]:
         if hashlib.sha256(data).hexdigest() != digest:
             problems.append(f"{name}: SHA-256 differs from data/alpaca_eval_bundle/files.sha256 (not commit {COMMIT[:7]}?)")
             continue
+        if name.endswith("/annotations.json"):
+            data, target = gzip_bytes(data), target.with_name("annotations.json.gz")
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".tmp")
         tmp.write_bytes(data)
