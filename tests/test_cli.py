@@ -381,3 +381,19 @@ def test_default_judge_is_alpacaeval2_and_the_cache_is_on_by_default(tmp_path, c
         assert code == 0 and server.calls == 2 * first
     for name in ("leaderboard.csv", "leaderboard.md"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes() == (tmp_path / "c" / name).read_bytes()
+
+
+def test_annotators_config_takes_a_config_folder(tmp_path, capsys):
+    from afarm.annotators.registry import BUILTIN_CONFIGS
+
+    judge = tmp_path / "judges" / "my_judge"
+    judge.mkdir(parents=True)
+    shutil.copy(BUILTIN_CONFIGS / "heuristic" / "config.yaml", judge / "config.yaml")
+    (tmp_path / "m.json").write_text(json.dumps(outputs_of("alpaca-7b")))
+    code, err = run_cli(["evaluate", "--model_outputs", tmp_path / "m.json", "--reference_outputs", REF, "--name", "mine",
+                         "--annotators_config", judge, "--max_instances", 5, "--output_path", tmp_path / "out",
+                         "--no_cache", "--quiet"], capsys)
+    assert code == 0, err
+    recs = json.loads((tmp_path / "out" / "annotations" / "mine.json").read_text())
+    assert {r["annotator"] for r in recs} == {"my_judge"} and {r["generator_2"] for r in recs} == {"mine"}
+    assert not (tmp_path / "home" / ".cache" / "afarm").exists()  # --no_cache: no cache written
