@@ -42,7 +42,11 @@ def records(model: str, annotator: str = AE2) -> list[dict]:
 
 @pytest.fixture(autouse=True)
 def home(tmp_path, monkeypatch) -> Path:
-    """The default annotation cache is ~/.cache/afarm: keep it inside the test's folder."""
+    """The default annotation cache is ~/.cache/afarm: keep it inside the test's folder (and
+    matplotlib's font cache where it is, so it is not rebuilt under the new home)."""
+    import matplotlib
+
+    monkeypatch.setenv("MPLCONFIGDIR", matplotlib.get_cachedir())
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     return tmp_path / "home"
 
