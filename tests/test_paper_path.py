@@ -134,5 +134,5 @@ def test_paper_spine_in_two_processes_with_api_judges(repo, shared, tmp_path):
         assert len(records) == 4 and {r["annotator"] for r in records} == {"alpaca_farm_greedy_gpt4"}
         (flat / f"{name}.json").write_text(json.dumps(records))
     sh(f"afarm leaderboard --annotations_dir {flat} --out_dir {board}", tmp_path)
-    rows = {r["generator"]: r for r in csv.DictReader(open(board / "leaderboard.csv"))}
+    rows = {r[""]: r for r in csv.DictReader(open(board / "leaderboard.csv"))}  # upstream's layout: unnamed model column
     assert set(rows) == {"ppo_sim", "sft"} and all(0 <= float(r["win_rate"]) <= 100 for r in rows.values())
