@@ -384,7 +384,8 @@ def check(stage_kind: str, arch: Arch, path: str = "params.yaml", **kwargs: Any)
 
 
 def markdown_table(plans: list[Plan]) -> str:
-    """One line per plan: the rows in GB, activations with and without checkpointing, the verdict."""
+    """One line per plan: the rows in GB (parameters include a local judge's), activations with and without
+    checkpointing, the verdict."""
     def gb(x: int) -> str:
         return f"{x / GB:.1f}" if x else "-"
 
@@ -397,7 +398,7 @@ def markdown_table(plans: list[Plan]) -> str:
         gen = sum(r.bytes for r in p.rows if r.phase == peak and r.name in ("KV cache", "logits", "workspace"))
         acts = f"{gb(p.activations_full)} / {gb(p.activations_checkpointed)}" if p.activations_full else "-"
         lines.append(
-            f"| {p.stage} | {p.devices} x {p.memory_gb:g} GB | {gb(p.get('parameters'))} | {gb(p.get('gradients'))} | {gb(p.get('optimizer state'))} "
+            f"| {p.stage} | {p.devices} x {p.memory_gb:g} GB | {gb(p.get('parameters') + p.get('judge parameters'))} | {gb(p.get('gradients'))} | {gb(p.get('optimizer state'))} "
             f"| {gb(p.get('FSDP buffers', peak))} | {acts} | {gb(gen)} | {peak} | {p.total_gb:.1f} | {'yes' if p.fits else '**no**'} |"
         )
     return "\n".join(lines)
