@@ -1,5 +1,5 @@
 # One rule per entry of the stage table in src/afarm/dag.py: no second list of stages.
-# Run:  snakemake --cores all            (params.yaml `scale` picks tiny or paper)
+# Run:  snakemake --cores all            (params.yaml `scale` picks tiny, small or paper)
 #       snakemake --profile workflow/profiles/slurm   (on a cluster)
 import json
 

@@ -60,6 +60,12 @@ GPU_INFER = Resources(cpus=8, mem_mb=64_000, gpus=1, runtime=6 * 60)
 # Data-parallel generation at paper scale: one process and one full bf16 copy of the model per GPU of
 # the node, each generating its share of the batches (the 40k preference samples, 805 x 15 eval outputs).
 GPU_GEN = Resources(cpus=16, mem_mb=128_000, gpus=8, runtime=6 * 60)
+# The small scale: every stage that trains, generates or runs a local judge gets ONE GPU (a 0.5B model
+# and its PPO companions fit one 24 GB device by the memory plan: no sharding, one process per stage).
+SMALL_GPU = Resources(cpus=8, mem_mb=64_000, gpus=1, runtime=12 * 60)
+# Stage modules that load a judge model when the small scale runs its open judge (`judges: local`):
+# they get a GPU at that scale whatever `judges` says (a SLURM reservation cannot read params values).
+JUDGE_MODULES = frozenset({"preference_data", "annotate", "analyze_annotators"})
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,8 @@ class Stage:
         return data + list(code_deps(self.module))
 
     def resources(self, scale: str) -> Resources:
+        if scale == "small":  # one GPU where the paper uses any (or a judge model may run), else as the paper
+            return SMALL_GPU if self.paper.gpus or self.module in JUDGE_MODULES else self.paper
         return self.paper if scale == "paper" else self.tiny
 
 
@@ -161,7 +169,7 @@ def preference_methods(pset: str) -> list[Stage]:
             deps={"sft": sft, "preference": "data/splits/preference.json"},
             outs={"out": prefs},
             metrics=metrics("preference_data"),
-            params=("scale", "paths", "preference_data"),
+            params=("scale", "judges", "paths", "preference_data"),
             args={"preference_set": pset},
             paper=GPU_GEN,
         ),
@@ -350,7 +358,7 @@ def build_stages() -> list[Stage]:
                     deps={"outputs": outputs, "eval_set": "data/eval_set.json"},
                     outs={"out": annotations_path(pset, generator)},
                     metrics={"metrics": f"results/metrics/annotate/{pset}/{generator}.json"},
-                    params=("scale", "paths", "annotate"),
+                    params=("scale", "judges", "paths", "annotate"),
                     args={"preference_set": pset},
                 )
             )
@@ -365,7 +373,7 @@ def build_stages() -> list[Stage]:
                     "plot": f"results/leaderboard_{pset}.png",
                 },
                 metrics={"metrics": f"results/metrics/leaderboard_{pset}.json"},
-                params=("scale", "leaderboard"),
+                params=("scale", "judges", "leaderboard"),
                 args={"preference_set": pset},
             )
         )
@@ -407,7 +415,7 @@ def build_stages() -> list[Stage]:
             outs={"markdown": "results/sim_vs_human.md", "plot": "results/sim_vs_human.png"},
             metrics={"metrics": "results/metrics/sim_vs_human.json"},
             plots={"csv": SIM_VS_HUMAN_CSV},
-            params=("scale", "leaderboard", "sim_vs_human"),
+            params=("scale", "judges", "leaderboard", "sim_vs_human"),
             # the shared rows our training stages produce; with the method rows, the "trained rows"
             args={"trained_shared": tuple(shared)},
         ),
@@ -421,7 +429,7 @@ def build_stages() -> list[Stage]:
                 "plot": "results/annotators/analysis.png",
             },
             metrics={"metrics": "results/metrics/analyze_annotators.json"},
-            params=("scale", "paths", "analyze_annotators"),
+            params=("scale", "judges", "paths", "analyze_annotators"),
         ),
         Stage(
             "report",
@@ -438,7 +446,7 @@ def build_stages() -> list[Stage]:
                 "paper_results": "data/paper/alpaca_farm_results.csv",
             },
             outs={"out": "results/REPORT.md"},
-            params=("scale", "data", "base_model", "report"),
+            params=("scale", "judges", "data", "base_model", "report"),
         ),
     ]
     return stages

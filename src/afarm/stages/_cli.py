@@ -26,10 +26,10 @@ from afarm.stages import _launch
 
 
 def known_sections() -> set[str]:
-    """Top-level keys params.yaml may have: the scale, paths, and every stage's sections."""
+    """Top-level keys params.yaml may have: the scale, the judges, paths, and every stage's sections."""
     from afarm.dag import STAGES
 
-    return {"scale", "paths", _launch.SECTION, *(name for stage in STAGES for name in stage.params)}
+    return {"scale", "judges", "paths", _launch.SECTION, *(name for stage in STAGES for name in stage.params)}
 
 
 def check_params(params: dict) -> None:

@@ -33,11 +33,15 @@ def main(args, params) -> None:
     if cfg.model.pretrained:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model.pretrained)
+        from afarm.models.hub import pretrained_kwargs
+
+        name, revision = pretrained_kwargs(cfg.model.pretrained)
+        tokenizer = AutoTokenizer.from_pretrained(name, **revision)
         if tokenizer.pad_token is None:  # LLaMA ships none; upstream alpaca_farm adds "[PAD]"
             tokenizer.add_special_tokens({"pad_token": "[PAD]"})
         model = build_model(cfg.model, tokenizer)
-        stats: dict = {"trained": False}
+        # the commit the hub resolved (None for a local folder): what to pin as `<hub id>@<commit>`
+        stats: dict = {"trained": False, "pretrained_commit": getattr(model.config, "_commit_hash", None)}
         curve: dict = {"loss": []}  # nothing trained: the header alone
     else:
         from afarm.models.tokenizer import train_tokenizer
