@@ -166,7 +166,7 @@ def preference_methods(pset: str) -> list[Stage]:
             deps={"sft": sft, "reward_model": rm, "unlabeled": unlabeled},
             outs={"out": model_dir(f"expert_iteration_{pset}"), "data": f"data/expert_iteration/{pset}.json"},
             metrics=metrics("expert_iteration"),
-            params=("scale", "expert_iteration"),
+            params=("scale", "expert_iteration", "generate"),  # generate: the folder's generation_config.json
             paper=GPU_TRAIN,
         ),
         Stage(
@@ -175,7 +175,7 @@ def preference_methods(pset: str) -> list[Stage]:
             deps={"sft": sft, "reward_model": rm, "unlabeled": unlabeled},
             outs={"out": model_dir(f"ppo_{pset}"), "plot": f"results/plots/ppo_{pset}.png", "log": f"results/logs/ppo_{pset}.csv"},
             metrics=metrics("ppo"),
-            params=("scale", "ppo"),
+            params=("scale", "ppo", "generate"),  # generate: the folder's generation_config.json
             args={"preference_set": pset},
             paper=GPU_TRAIN,
         ),
@@ -200,7 +200,7 @@ def preference_methods(pset: str) -> list[Stage]:
             deps={"sft": sft, "preferences": prefs},
             outs={"out": model_dir(f"dpo_{pset}")},
             metrics=metrics("dpo"),
-            params=("scale", "dpo"),
+            params=("scale", "dpo", "generate"),  # generate: the folder's generation_config.json
             paper=GPU_TRAIN,
         ),
         Stage(
@@ -209,7 +209,7 @@ def preference_methods(pset: str) -> list[Stage]:
             deps={"sft": sft, "preferences": prefs, "validation": validation},
             outs={"out": model_dir(f"feedme_{pset}")},
             metrics=metrics("feedme"),
-            params=("scale", "feedme"),
+            params=("scale", "feedme", "generate"),  # generate: the folder's generation_config.json
             paper=GPU_TRAIN,
         ),
         Stage(
@@ -218,7 +218,7 @@ def preference_methods(pset: str) -> list[Stage]:
             deps={"sft": sft, "preferences": prefs, "validation": validation},
             outs={"out": model_dir(f"reward_conditioning_{pset}")},
             metrics=metrics("reward_conditioning"),
-            params=("scale", "reward_conditioning"),
+            params=("scale", "reward_conditioning", "generate"),  # generate: the folder's generation_config.json
             paper=GPU_TRAIN,
         ),
     ]
@@ -239,7 +239,7 @@ def build_stages() -> list[Stage]:
             deps={"unlabeled": "data/splits/unlabeled.json", "validation": "data/splits/validation.json"},
             outs={"out": model_dir("base_model")},
             metrics={"metrics": "results/metrics/base_model.json"},
-            params=("scale", "base_model"),
+            params=("scale", "base_model", "generate"),  # generate: the folder's generation_config.json
             paper=GPU_INFER,
         ),
         Stage(
@@ -252,7 +252,7 @@ def build_stages() -> list[Stage]:
             },
             outs={"out": model_dir("sft")},
             metrics={"metrics": "results/metrics/sft.json"},
-            params=("scale", "sft"),
+            params=("scale", "sft", "generate"),  # generate: the folder's generation_config.json
             paper=GPU_TRAIN,
         ),
     ]
@@ -268,7 +268,7 @@ def build_stages() -> list[Stage]:
             },
             outs={"out": model_dir("sft_52k")},
             metrics={"metrics": "results/metrics/sft_52k.json"},
-            params=("scale", "sft"),
+            params=("scale", "sft", "generate"),  # generate: the folder's generation_config.json
             paper=GPU_TRAIN,
         )
     )
