@@ -79,7 +79,8 @@ def small(tmp_path_factory) -> Path:
 
 
 def _params(processes: int, sections: dict) -> dict:
-    return {"scale": "tiny", "launch": {"num_threads": 1, "processes": processes, "backend": "gloo", "timeout_s": TIMEOUT_S}, **sections}
+    return {"scale": "tiny", "launch": {"num_threads": 1, "processes": processes, "backend": "gloo", "timeout_s": TIMEOUT_S},
+            "generate": {"max_new_tokens": 8, "do_sample": False}, **sections}  # generate: the decoding a model folder records
 
 
 def _launch(root: Path, name: str, module: str, flags: dict, sections: dict) -> dict[int, subprocess.Popen]:
