@@ -148,3 +148,17 @@ def test_chat_template_takes_one_user_message(bad):
     tok.chat_template = chat_template("")
     with pytest.raises(Exception, match="one user message"):
         tok.apply_chat_template(bad, tokenize=False)
+
+
+def test_generate_names_a_folder_without_a_chat_template(tmp_path):
+    from afarm.io import InputError
+    from afarm.stages import generate as generate_stage
+
+    tok = tokenizer()
+    build_model(TINY, tok).save_pretrained(tmp_path / "raw")  # not written by afarm: no prompt template
+    tok.save_pretrained(tmp_path / "raw")
+    (tmp_path / "eval.json").write_text(json.dumps(EVAL_SET))
+    args = generate_stage.arguments().parse_args(["--model", str(tmp_path / "raw"), "--eval_set", str(tmp_path / "eval.json"),
+                                                  "--out", str(tmp_path / "o.json"), "--generator", "raw"])
+    with pytest.raises(InputError, match="raw.*no chat template"):
+        generate_stage.main(args, {"scale": "tiny", "_path": "params.yaml", "generate": GENERATE})

@@ -84,6 +84,8 @@ def readme(card: ModelCard) -> str:
     lines += [f"- {role}: `{folder}`" for role, folder in card.models.items()]
     lines.append(f"- control token before every prompt: `{card.prompt_prefix}`" if card.prompt_prefix
                  else "- control token: none")
+    if card.generation is not None and getattr(card.generation, "dtype", None):
+        lines.append(f"- evaluated with the weights loaded in `{card.generation.dtype}` (`from_pretrained(folder, dtype=...)`)")
     lines += ["", "| data file | sha256 |", "|---|---|"]
     lines += [f"| `{path}` | `{sha256_file(path)}` |" for path in card.data]
     lines += ["", "| params section (resolved) | sha256 of its canonical JSON |", "|---|---|"]
@@ -99,9 +101,10 @@ def readme(card: ModelCard) -> str:
               "out = model.generate(**batch)  # decoding from generation_config.json",
               "answer = tok.decode(out[0, batch[\"input_ids\"].shape[1]:], skip_special_tokens=True).strip()",
               "```", "",
-              "Greedy decoding gives the pipeline's outputs token for token; sampled outputs (paper scale) follow "
-              "the same distribution but afarm seeds each prompt with its own generator "
-              "(`afarm.models.generate.sample_seed`), which transformers' sampler does not.", ""]
+              "With greedy decoding (the tiny scale) this gives the pipeline's outputs (`tests/test_model_folder.py` "
+              "checks it byte for byte; padding other than the pipeline's batches can round a rare near-tie "
+              "otherwise). Sampled outputs (paper scale) follow the same distribution, but afarm seeds each prompt "
+              "with its own generator (`afarm.models.generate.sample_seed`), which transformers' sampler does not.", ""]
     return "\n".join(lines)
 
 
