@@ -85,7 +85,7 @@ def _eval_set(path):
 
 
 def _params(section: str, values: dict) -> dict:
-    return {"scale": "tiny", "_path": "params.yaml", section: values}
+    return {"scale": "tiny", "_path": "params.yaml", section: values, "generate": {"max_new_tokens": 8, "do_sample": False}}  # generate: the decoding a model folder records
 
 
 GEN_PARAMS = {"max_new_tokens": 6, "temperature": 1.0, "top_p": 1.0, "batch_size": 8, "num_threads": 1, "show_progress": False}

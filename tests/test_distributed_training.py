@@ -36,7 +36,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from afarm.io import InputError
 from afarm.methods.reward_model import init_reward_model, load_reward_model, save_reward_model
-from afarm.models.prompts import format_prompt
+from afarm.models.prompts import chat_prompt, format_prompt
 from afarm.models.tokenizer import train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,7 +80,8 @@ def small(tmp_path_factory) -> Path:
 
 
 def _params(processes: int, sections: dict) -> dict:
-    return {"scale": "tiny", "launch": {"num_threads": 1, "processes": processes, "backend": "gloo", "timeout_s": TIMEOUT_S}, **sections}
+    return {"scale": "tiny", "launch": {"num_threads": 1, "processes": processes, "backend": "gloo", "timeout_s": TIMEOUT_S},
+            "generate": {"max_new_tokens": 8, "do_sample": False}, **sections}  # generate: the decoding a model folder records
 
 
 def _launch(root: Path, name: str, module: str, flags: dict, sections: dict) -> dict[int, subprocess.Popen]:
@@ -231,7 +232,7 @@ def test_dpo_and_reward_conditioning(small):
     _close(one, two, rel=1e-5)
     assert _max_diff(small / "rc" / "p1" / "model", small / "rc" / "p2" / "model") < 1e-5
     for n in (1, 2):
-        assert (small / "rc" / f"p{n}" / "model" / "prompt_prefix.txt").read_text() == "<|good|>"
+        assert chat_prompt(AutoTokenizer.from_pretrained(small / "rc" / f"p{n}" / "model"), "Hi") == "<|good|>" + format_prompt("Hi")
     tokenizer = AutoTokenizer.from_pretrained(small / "rc" / "p2" / "model")
     assert AutoModelForCausalLM.from_pretrained(small / "rc" / "p2" / "model").get_input_embeddings().num_embeddings >= len(tokenizer)
 

@@ -164,7 +164,7 @@ def test_dpo_stage_end_to_end(tok, tmp_path):
 
     save_model(build_model(TINY, tok), tok, tmp_path / "sft")
     (tmp_path / "prefs.json").write_text(json.dumps(easy_preferences(24)))
-    params = {"scale": "tiny", "_path": "params.yaml", "dpo": {
+    params = {"scale": "tiny", "_path": "params.yaml", "generate": {"max_new_tokens": 8, "do_sample": False}, "dpo": {
         "beta": 0.1, "eval_size": {"tiny": 4, "paper": 500},
         "train": {"learning_rate": 3e-3, "num_epochs": 1, "batch_size": 4, "micro_batch_size": 4, "max_length": 96,
                   "seed": 0, "num_threads": 1, "show_progress": False},

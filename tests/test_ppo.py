@@ -261,7 +261,7 @@ def test_ppo_stage_end_to_end(tok, tmp_path):
         "step_micro_batch_size": 8, "response_len": 8, "learning_rate": 1e-3, "warmup_steps": 0,
         "seed": 0, "num_threads": 1, "show_progress": False,
     }
-    params = {"scale": "tiny", "_path": "params.yaml", "ppo": section}
+    params = {"scale": "tiny", "_path": "params.yaml", "ppo": section, "generate": {"max_new_tokens": 8, "do_sample": False}}
     argv = [
         "--sft", str(tmp_path / "sft"), "--reward_model", str(tmp_path / "rm"), "--unlabeled", str(tmp_path / "unlabeled.json"),
         "--out", str(tmp_path / "ppo"), "--metrics", str(tmp_path / "m.json"), "--plot", str(tmp_path / "p.png"),

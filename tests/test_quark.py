@@ -25,7 +25,7 @@ from afarm.methods.quark import (
 )
 from afarm.methods.reward_model import init_reward_model, save_reward_model
 from afarm.models.lm import ModelConfig, build_model, load_model, save_model
-from afarm.models.prompts import format_prompt
+from afarm.models.prompts import chat_prompt, format_prompt
 from afarm.models.tokenizer import train_tokenizer
 from afarm.models.train import TrainConfig, evaluate_loss
 
@@ -194,8 +194,9 @@ def test_quark_stage_end_to_end(tok, tmp_path):
     outputs = json.loads((tmp_path / "outputs.json").read_text())
     assert [o["instruction"] for o in outputs] == [r["instruction"] for r in eval_set]
     assert all(o["generator"] == "quark_sim" and o["dataset"] == "toy" and isinstance(o["output"], str) for o in outputs)
-    assert json.loads((tmp_path / "quark" / "generation.json").read_text()) == {"prefix": "<reward_0>"}
     model, loaded_tok = load_model(tmp_path / "quark")
+    # the control token is recorded once, in the folder's chat template
+    assert chat_prompt(loaded_tok, "Hi") == "<reward_0>" + format_prompt("Hi")
     assert "<reward_0>" in loaded_tok.get_vocab() and model.get_input_embeddings().weight.size(0) == len(loaded_tok)
     assert loaded_tok("<reward_0>x")["input_ids"][1] == loaded_tok.convert_tokens_to_ids("<reward_0>")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

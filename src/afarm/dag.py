@@ -200,7 +200,7 @@ def preference_methods(pset: str) -> list[Stage]:
             outs={"out": model_dir(f"expert_iteration_{pset}"), "data": f"data/expert_iteration/{pset}.json"},
             metrics=metrics("expert_iteration"),
             plots=curve(f"expert_iteration_{pset}"),
-            params=("scale", "expert_iteration"),
+            params=("scale", "expert_iteration", "generate"),  # generate: the folder's generation_config.json
             paper=GPU_TRAIN,
         ),
         Stage(
@@ -210,7 +210,7 @@ def preference_methods(pset: str) -> list[Stage]:
             outs={"out": model_dir(f"ppo_{pset}")},
             metrics=metrics("ppo"),
             plots={"plot": curve_path(f"ppo_{pset}", ".png"), **curve(f"ppo_{pset}")},
-            params=("scale", "ppo"),
+            params=("scale", "ppo", "generate"),  # generate: the folder's generation_config.json
             args={"preference_set": pset},
             paper=GPU_TRAIN,
         ),
@@ -232,7 +232,7 @@ def preference_methods(pset: str) -> list[Stage]:
             outs={"out": model_dir(f"dpo_{pset}")},
             metrics=metrics("dpo"),
             plots=curve(f"dpo_{pset}"),
-            params=("scale", "dpo"),
+            params=("scale", "dpo", "generate"),  # generate: the folder's generation_config.json
             paper=GPU_TRAIN,
         ),
         Stage(
@@ -242,7 +242,7 @@ def preference_methods(pset: str) -> list[Stage]:
             outs={"out": model_dir(f"feedme_{pset}")},
             metrics=metrics("feedme"),
             plots=curve(f"feedme_{pset}"),
-            params=("scale", "feedme"),
+            params=("scale", "feedme", "generate"),  # generate: the folder's generation_config.json
             paper=GPU_TRAIN,
         ),
         Stage(
@@ -252,7 +252,7 @@ def preference_methods(pset: str) -> list[Stage]:
             outs={"out": model_dir(f"reward_conditioning_{pset}")},
             metrics=metrics("reward_conditioning"),
             plots=curve(f"reward_conditioning_{pset}"),
-            params=("scale", "reward_conditioning"),
+            params=("scale", "reward_conditioning", "generate"),  # generate: the folder's generation_config.json
             paper=GPU_TRAIN,
         ),
     ]
@@ -274,7 +274,7 @@ def build_stages() -> list[Stage]:
             outs={"out": model_dir("base_model")},
             metrics={"metrics": "results/metrics/base_model.json"},
             plots=curve("base_model"),
-            params=("scale", "base_model"),
+            params=("scale", "base_model", "generate"),  # generate: the folder's generation_config.json
             paper=GPU_INFER,
         ),
         Stage(
@@ -288,7 +288,7 @@ def build_stages() -> list[Stage]:
             outs={"out": model_dir("sft")},
             metrics={"metrics": "results/metrics/sft.json"},
             plots=curve("sft"),
-            params=("scale", "sft"),
+            params=("scale", "sft", "generate"),  # generate: the folder's generation_config.json
             paper=GPU_TRAIN,
         ),
     ]
@@ -305,7 +305,7 @@ def build_stages() -> list[Stage]:
             outs={"out": model_dir("sft_52k")},
             metrics={"metrics": "results/metrics/sft_52k.json"},
             plots=curve("sft_52k"),
-            params=("scale", "sft"),
+            params=("scale", "sft", "generate"),  # generate: the folder's generation_config.json
             paper=GPU_TRAIN,
         )
     )

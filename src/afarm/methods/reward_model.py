@@ -40,7 +40,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from afarm import distributed
 from afarm.data.preferences import chosen_rejected
-from afarm.models.lm import check_model_folder, torch_threads
+from afarm.models.lm import check_model_folder, save_model, torch_threads
 from afarm.models.prompts import format_prompt
 from afarm.models.train import optimizer_steps, tokenize_example, training_order
 
@@ -273,10 +273,10 @@ def evaluate_pairs(model, tokenizer, pairs: Sequence[tuple[list[int], list[int]]
 # ---------------------------------------------------------------- save, load, score
 
 
-def save_reward_model(model: PreTrainedModel, tokenizer, path: str | os.PathLike) -> None:
-    """Write model (safetensors) and tokenizer to folder ``path`` atomically (as ``save_model``; a sharded
-    model is gathered and written by rank 0)."""
-    distributed.save_model(model, tokenizer, path)
+def save_reward_model(model: PreTrainedModel, tokenizer, path: str | os.PathLike, card=None) -> None:
+    """Write model (safetensors), tokenizer and ``card`` to folder ``path`` atomically with
+    ``afarm.models.lm.save_model`` (a sharded model is gathered and written by rank 0)."""
+    save_model(model, tokenizer, path, card)
 
 
 def load_reward_model(path: str | os.PathLike) -> tuple[PreTrainedModel, object]:

@@ -83,16 +83,26 @@ def build_model(cfg: ModelConfig, tokenizer) -> PreTrainedModel:
     return model
 
 
-def save_model(model: PreTrainedModel, tokenizer, path: str | os.PathLike) -> None:
-    """Write model (safetensors) and tokenizer to folder ``path`` atomically.
+def save_model(model: PreTrainedModel, tokenizer, path: str | os.PathLike, card=None) -> None:
+    """Write model (safetensors) and tokenizer to folder ``path`` atomically, self-described.
 
-    The bytes depend only on the weights, config and tokenizer (no timestamps), so identical
-    weights give identical files. A model sharded over several processes is gathered and
-    written by rank 0 (``afarm.distributed.save_model``).
+    The one function every stage saves a model folder with. Besides weights, config and tokenizer
+    the folder gets the prompt template as the tokenizer's chat template (with ``card.prompt_prefix``,
+    the control token, in front), left padding, and with a ``card`` (``afarm.models.card.ModelCard``)
+    its ``generation_config.json`` (``card.generation``) and ``README.md``
+    (``afarm.models.card``). ``tokenizer`` is given the chat template and left padding in place.
+
+    The bytes depend only on the weights, config, tokenizer and card (no timestamps), so identical
+    inputs give identical files. A model sharded over several processes is gathered and written by
+    rank 0 (``afarm.distributed.save_model``).
     """
     from afarm import distributed
+    from afarm.models.card import describe_tokenizer, folder_files, generation_config
 
-    distributed.save_model(model, tokenizer, path)
+    describe_tokenizer(tokenizer, card.prompt_prefix if card is not None else "")
+    generation = card.generation if card is not None else None
+    distributed.save_model(model, tokenizer, path, extra_files=folder_files(card),
+                           generation_config=generation_config(tokenizer, generation) if generation is not None else None)
 
 
 def check_model_folder(path: str | os.PathLike) -> None:

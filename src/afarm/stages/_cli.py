@@ -55,6 +55,22 @@ def check_training(params: dict, key: str, cfg) -> None:
         raise InputError(where, str(err), field=f"{key}.batch_size") from None
 
 
+def model_card(params: dict, method: str, base_model: str | None, data, *, models: dict[str, str] | None = None,
+               prompt_prefix: str = "", generates: bool = True, **sections):
+    """The ``ModelCard`` of a model folder a stage writes (``afarm.models.lm.save_model``): ``data`` the
+    data files it trained on, ``sections`` its resolved params configs by section name, and, if the
+    folder ``generates``, the evaluation decoding of params section ``generate`` (its
+    ``generation_config.json``; the stage must list ``generate`` among its params in ``afarm.dag``)."""
+    from afarm.models.card import ModelCard
+    from afarm.models.generate import GenerationConfig
+
+    generation = stage_config(params, "generate", GenerationConfig) if generates else None
+    if generation is not None:
+        sections = {**sections, "generate": generation}
+    return ModelCard(method=method, base_model=base_model, data=[str(p) for p in data], models=dict(models or {}),
+                     params=sections, prompt_prefix=prompt_prefix, generation=generation)
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")

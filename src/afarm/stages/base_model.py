@@ -16,7 +16,7 @@ from afarm.data.instructions import read_examples
 from afarm.io import write_json
 from afarm.models.lm import ModelConfig, build_model, num_parameters, save_model
 from afarm.models.train import TrainConfig, evaluate_loss, train_causal_lm
-from afarm.stages._cli import parser, run
+from afarm.stages._cli import model_card, parser, run
 
 log = logging.getLogger("afarm.stages.base_model")
 
@@ -53,7 +53,8 @@ def main(args, params) -> None:
         curve = curve_columns(stats)
         stats = {"trained": True, "final_train_loss": stats["losses"][-1], "num_steps": len(stats["losses"])}
     val = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
-    save_model(model, tokenizer, args.out)
+    data = [] if cfg.model.pretrained else [args.unlabeled]
+    save_model(model, tokenizer, args.out, model_card(params, "base_model", cfg.model.pretrained, data, base_model=cfg))
     if args.log:
         write_curve(args.log, curve)
     write_json(args.metrics, {"num_parameters": num_parameters(model), **stats, "validation_response_loss": val["loss"]})

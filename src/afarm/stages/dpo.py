@@ -9,7 +9,7 @@ from afarm.data.preferences import read_preferences
 from afarm.io import write_json
 from afarm.methods.dpo import DPOConfig, train_dpo
 from afarm.models.lm import load_model, save_model
-from afarm.stages._cli import check_training, parser, run
+from afarm.stages._cli import check_training, model_card, parser, run
 
 
 def main(args, params) -> None:
@@ -19,7 +19,7 @@ def main(args, params) -> None:
     policy, tokenizer = load_model(args.sft, dtype="float32")  # the trained weights are fp32 masters
     reference, _ = load_model(args.sft)  # frozen: its stored dtype (bf16 under bf16_mixed, see prepare_model)
     stats = train_dpo(policy, reference, tokenizer, preferences, cfg)
-    save_model(policy, tokenizer, args.out)  # gathered, written by rank 0
+    save_model(policy, tokenizer, args.out, model_card(params, "dpo", args.sft, [args.preferences], dpo=cfg))  # gathered, written by rank 0
     if not distributed.is_main():
         return
     if args.log:

@@ -20,7 +20,7 @@ from afarm.methods.expert_iteration import ExpertIterationConfig, train_on_best
 from afarm.models.generate import load_for_generation
 from afarm.models.lm import load_model, save_model
 from afarm.models.prompts import format_prompt
-from afarm.stages._cli import check_training, parser, run
+from afarm.stages._cli import check_training, model_card, parser, run
 
 
 @dataclass
@@ -44,7 +44,8 @@ def main(args, params) -> None:
         del sampler
         policy = load_model(args.sft, dtype="float32")[0].to(distributed.device())
     _, stats = train_on_best(policy, tokenizer, prompts, best, cfg)
-    save_model(policy, tokenizer, args.out)  # gathered, written by rank 0
+    card = model_card(params, "expert_iteration", args.sft, [args.unlabeled], models={"reward model": args.reward_model}, expert_iteration=cfg)
+    save_model(policy, tokenizer, args.out, card)  # gathered, written by rank 0
     if not distributed.is_main():
         return
     if args.log:

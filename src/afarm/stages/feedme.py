@@ -11,7 +11,7 @@ from afarm.io import write_json
 from afarm.methods.feedme import FeedMEConfig, train_feedme
 from afarm.models.lm import load_model, save_model
 from afarm.models.train import evaluate_loss
-from afarm.stages._cli import check_training, parser, run
+from afarm.stages._cli import check_training, model_card, parser, run
 
 
 def main(args, params) -> None:
@@ -24,7 +24,7 @@ def main(args, params) -> None:
     before = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
     stats = train_feedme(model, tokenizer, preferences, cfg)
     after = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
-    save_model(model, tokenizer, args.out)  # gathered, written by rank 0
+    save_model(model, tokenizer, args.out, model_card(params, "feedme", args.sft, [args.preferences], feedme=cfg))  # gathered, written by rank 0
     if not distributed.is_main():
         return
     if args.log:

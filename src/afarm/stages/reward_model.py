@@ -12,7 +12,7 @@ from afarm.curves import curve_columns, write_curve
 from afarm.data.preferences import read_preferences
 from afarm.io import write_json
 from afarm.methods.reward_model import RewardModelConfig, save_reward_model, train_reward_model
-from afarm.stages._cli import check_training, parser, run
+from afarm.stages._cli import check_training, model_card, parser, run
 
 log = logging.getLogger("afarm.stages.reward_model")
 
@@ -30,7 +30,8 @@ def main(args, params) -> None:
     preferences = read_preferences(args.preferences)
     tokenizer = AutoTokenizer.from_pretrained(args.sft)
     model, stats = train_reward_model(args.sft, tokenizer, preferences, cfg)
-    save_reward_model(model, tokenizer, args.out)  # gathered, written by rank 0
+    card = model_card(params, "reward_model", args.sft, [args.preferences], generates=False, reward_model=cfg)
+    save_reward_model(model, tokenizer, args.out, card)  # gathered, written by rank 0
     if not distributed.is_main():
         return
     if args.log:

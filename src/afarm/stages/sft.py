@@ -17,7 +17,7 @@ from afarm.data.instructions import read_examples
 from afarm.io import write_json
 from afarm.models.lm import load_model, save_model
 from afarm.models.train import TrainConfig, evaluate_loss, train_causal_lm
-from afarm.stages._cli import check_training, parser, run
+from afarm.stages._cli import check_training, model_card, parser, run
 
 
 @dataclass
@@ -35,7 +35,7 @@ def main(args, params) -> None:
     before = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
     stats = train_causal_lm(model, tokenizer, train, cfg.train, response_only=True)
     after = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
-    save_model(model, tokenizer, args.out)  # gathered, written by rank 0
+    save_model(model, tokenizer, args.out, model_card(params, "sft", args.base_model, args.sft, sft=cfg))  # gathered, written by rank 0
     if not distributed.is_main():
         return
     if args.log:
