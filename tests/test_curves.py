@@ -106,7 +106,7 @@ def sft_run(tmp_path_factory):
         (tmp / f"{name}.json").write_text(json.dumps(rows))
     tok = train_tokenizer([format_prompt("Say sft validation 0 1 2 3 4 5.")] * 5, vocab_size=300)
     save_model(build_model(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tok), tok, tmp / "base")
-    params = {"scale": "tiny", "_path": "params.yaml", "sft": {"train": {
+    params = {"scale": "tiny", "_path": "params.yaml", "generate": {"max_new_tokens": 8, "do_sample": False}, "sft": {"train": {
         "num_epochs": 1, "batch_size": 2, "micro_batch_size": 1, "max_length": 256, "learning_rate": 1e-3,
         "warmup_ratio": 0.0, "lr_scheduler": "linear", "num_threads": 1, "show_progress": False}}}
     stage = next(s for s in dag.STAGES if s.name == "sft")
