@@ -31,6 +31,19 @@ def _wait_for_queue(work, timeout_s: float = 1500) -> str:
     raise AssertionError(f"the queue did not finish in {timeout_s} s:\n{status}")
 
 
+def test_relative_paths_resolve_against_the_repository_root(monkeypatch):
+    from afarm.stages._cli import repo_paths
+
+    params = {"scale": "tiny", "paths": {"shared_data": "../shared/data", "cache_dir": ".cache/afarm"}}
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert repo_paths(params) == {"shared_data": "../shared/data", "cache_dir": ".cache/afarm"}  # Snakemake: the working directory
+    monkeypatch.setenv("DVC_ROOT", "/home/me/afarm")  # what DVC sets in an experiment's copy
+    assert repo_paths(params) == {"shared_data": "/home/me/afarm/../shared/data",
+                                  "cache_dir": "/home/me/afarm/.cache/afarm"}
+    params["paths"]["cache_dir"] = "/scratch/cache"
+    assert repo_paths(params)["cache_dir"] == "/scratch/cache"  # absolute paths are kept
+
+
 @pytest.mark.slow
 def test_two_queued_experiments_run_show_and_share_one_annotation_cache(repo, shared, tmp_path):
     # the bundle path is absolute (a DVC dependency: DVC resolves it inside the experiment's copy);

@@ -27,6 +27,7 @@ from afarm.stages import _launch
 
 DVC_ROOT = "DVC_ROOT"  # set by DVC for every stage command: the repository root (of the original repository in experiments)
 
+
 def known_sections() -> set[str]:
     """Top-level keys params.yaml may have: the scale, paths, and every stage's sections."""
     from afarm.dag import STAGES
