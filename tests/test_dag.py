@@ -37,6 +37,12 @@ def test_every_command_parses_with_its_stage_module():
             assert (got if isinstance(got, list) else [got]) == want, (stage.name, flag)
 
 
+def test_snakemake_arguments_are_the_dvc_command_after_the_launcher():
+    for stage in dag.STAGES:
+        assert stage.command("/bundle") == f"{dag.LAUNCHER} {stage.arguments('/bundle')}"
+        assert stage.arguments("/bundle", ".snakemake/afarm/params-x.yaml") == f"{stage.arguments('/bundle')} --params .snakemake/afarm/params-x.yaml"
+
+
 def test_every_dependency_is_a_source_or_produced_upstream():
     produced: set[str] = set()
     for stage in dag.STAGES:  # the table is in topological order

@@ -86,6 +86,50 @@ def check_sections(params: dict[str, Any], known: "typing.Iterable[str]") -> Non
         raise InputError(params.get("_path", "params.yaml"), "unknown section" + suggestion, field=str(key))
 
 
+def apply_overrides(params: dict[str, Any], overrides: dict[str, Any], where: str) -> dict[str, Any]:
+    """``params`` with ``overrides`` merged in (a copy): a mapping merges key by key (``{tiny: x}``
+    sets only the tiny side of a per-scale value), any other value replaces. Every key must exist
+    in params (a typo stops here with a did-you-mean), except inside an empty mapping. Values given
+    as text where params holds no text are read as YAML (``"0.01"`` -> 0.01): command-line values
+    arrive as strings. ``where`` names the overrides' origin in errors."""
+    merged = _merge({k: v for k, v in params.items() if not k.startswith("_")}, overrides, "", where)
+    return {**merged, "_path": params.get("_path", "params.yaml")}
+
+
+def _merge(base: Any, override: Any, prefix: str, where: str) -> Any:
+    if not (isinstance(base, dict) and isinstance(override, dict)):
+        return _typed(override, base)
+    merged = dict(base)
+    for key, value in override.items():
+        if key not in base and base:
+            hint = difflib.get_close_matches(str(key), [str(k) for k in base], n=1)
+            raise InputError(where, "no such key in params.yaml" + (f" (did you mean {prefix + hint[0]!r}?)" if hint else ""), field=f"{prefix}{key}")
+        merged[key] = _merge(base.get(key), value, f"{prefix}{key}.", where)
+    return merged
+
+
+def _typed(value: Any, base: Any) -> Any:
+    texts = list(base.values()) if _is_scaled(base) else [base]
+    if not isinstance(value, str) or all(isinstance(t, str) for t in texts):
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def write_params(params: dict[str, Any], folder: str | Path, header: str = "") -> Path:
+    """Write ``params`` to ``folder/params-<hash of the text>.yaml`` (atomically; an existing file of the
+    same name already holds the same text) and return its path."""
+    from afarm.io import sha256_text, write_text
+
+    text = header + yaml.safe_dump({k: v for k, v in params.items() if not k.startswith("_")}, sort_keys=False)
+    path = Path(folder) / f"params-{sha256_text(text)[:12]}.yaml"
+    if not path.exists():
+        write_text(path, text)
+    return path
+
+
 @dataclasses.dataclass
 class PathsConfig:
     """The ``paths`` section (our choices; see params.yaml)."""

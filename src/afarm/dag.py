@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 PACKAGE = "afarm"
+LAUNCHER = f"python -m {PACKAGE}.stages"  # the stage launcher, afarm.stages._launch
 BUNDLE = "{shared_data}/alpaca_eval"
 EVAL_SOURCE = BUNDLE + "/results/text_davinci_003/model_outputs.json"
 AE2_LEADERBOARD = BUNDLE + "/src/alpaca_eval/leaderboards/data_AlpacaEval_2/weighted_alpaca_eval_gpt4_turbo_leaderboard.csv"
@@ -82,9 +83,16 @@ class Stage:
     paper: Resources = CPU
 
     def command(self, shared_data: str = "${paths.shared_data}") -> str:
-        parts = ["python", "-m", f"{PACKAGE}.stages", self.module]
+        return f"{LAUNCHER} {self.arguments(shared_data)}"
+
+    def arguments(self, shared_data: str = "${paths.shared_data}", params_file: str | None = None) -> str:
+        """The launcher's arguments: the module and its flags, then ``--params`` when a params file
+        other than params.yaml is given (the Snakefile's merged ``--config`` overrides)."""
+        parts = [self.module]
         for flag, value in {**self.deps, **self.outs, **self.metrics, **self.plots, **self.args}.items():
             parts += [f"--{flag}", *(p.format(shared_data=shared_data) for p in as_list(value))]
+        if params_file is not None:
+            parts += ["--params", params_file]
         return " ".join(parts)
 
     def dep_paths(self, shared_data: str = "${paths.shared_data}") -> list[str]:

@@ -18,11 +18,14 @@ import contextlib
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Iterator
 
-from afarm.config import PathsConfig, check_sections, load_params, stage_config
+from afarm.config import PathsConfig, check_sections, load_params, section, stage_config
 from afarm.io import InputError, OutputError, outputs_together
 from afarm.stages import _launch
+
+DVC_ROOT = "DVC_ROOT"  # set by DVC for every stage command: the repository root (of the original repository in experiments)
 
 
 def known_sections() -> set[str]:
@@ -39,6 +42,15 @@ def check_params(params: dict) -> None:
         stage_config(params, "paths", PathsConfig)
     if _launch.SECTION in params:
         _launch.launch_config(params)
+
+
+def repo_paths(params: dict) -> dict[str, str]:
+    """The ``paths`` section with relative paths resolved against the repository root: ``$DVC_ROOT``
+    when set (DVC sets it for every stage; in a queued or ``--temp`` experiment, which runs in a copy
+    under ``.dvc/tmp/exps/``, it names the original repository, so every experiment shares one
+    annotation cache), else the working directory (Snakemake runs from the repository root)."""
+    root = Path(os.environ.get(DVC_ROOT) or ".")
+    return {key: value if Path(value).is_absolute() else str(root / value) for key, value in section(params, "paths").items()}
 
 
 def check_training(params: dict, key: str, cfg) -> None:
