@@ -26,7 +26,8 @@ def test_overrides_merge_key_by_key_and_read_command_line_text_as_yaml(tmp_path,
     merged = apply_overrides(params, {"scale": "paper", "ppo": {"kl_coef": {"sim": "0.05"}, "max_steps": {"tiny": "3"}}}, "cli")
     assert merged["scale"] == "paper"
     assert merged["ppo"]["kl_coef"] == {"sim": 0.05, "human": 0.02}  # the other world keeps params.yaml's value
-    assert merged["ppo"]["max_steps"] == {"tiny": 3, "paper": None}  # only the tiny side of a per-scale value
+    assert merged["ppo"]["max_steps"] == {**params["ppo"]["max_steps"], "tiny": 3}  # only the tiny side of a per-scale value
+    assert merged["ppo"]["max_steps"]["paper"] is None
     assert merged["ppo"]["learning_rate"] == params["ppo"]["learning_rate"]
     assert params["ppo"]["kl_coef"]["sim"] == 0.0067  # the loaded params are not modified
     # a plain value replaces a per-scale one at both scales; text stays text where params.yaml has text

@@ -67,9 +67,10 @@ def check_training(params: dict, key: str, cfg) -> None:
         raise InputError(where, str(err), field=f"{key}.batch_size") from None
 
 
-def model_card(params: dict, method: str, base_model: str | None, data, *, models: dict[str, str] | None = None,
+def model_card(params: dict, method: str, base_model: str | None, data, /, *, models: dict[str, str] | None = None,
                prompt_prefix: str = "", generates: bool = True, **sections):
-    """The ``ModelCard`` of a model folder a stage writes (``afarm.models.lm.save_model``): ``data`` the
+    """The ``ModelCard`` of a model folder a stage writes (``afarm.models.lm.save_model``; the first four
+    arguments are positional-only, so a params section may be called ``base_model``): ``data`` the
     data files it trained on, ``sections`` its resolved params configs by section name, and, if the
     folder ``generates``, the evaluation decoding of params section ``generate`` (its
     ``generation_config.json``; the stage must list ``generate`` among its params in ``afarm.dag``)."""
