@@ -1,19 +1,29 @@
 # One rule per entry of the stage table in src/afarm/dag.py: no second list of stages.
-# Run:  snakemake --cores all            (params.yaml `scale` picks tiny or paper)
+# Run:  snakemake --cores all            (params.yaml `scale` picks tiny, small or paper)
 #       snakemake --profile workflow/profiles/slurm   (on a cluster)
+# Overrides: `snakemake --config scale=paper`, `--config 'ppo={kl_coef: {sim: 0.01}}'` or
+# `--configfile my.yaml` (same layout as params.yaml) are merged over params.yaml into one file,
+# .snakemake/afarm/params-<hash>.yaml, which every rule passes to its stage (`--params`): the rules
+# (scale, resources, rerun triggers) and the stages read the same values. Without overrides the
+# stages read params.yaml. An override naming a key params.yaml does not have stops here.
 import json
 
-from afarm.config import load_params, section
-from afarm.dag import STAGES, final_targets, is_directory, stage_params
+from afarm.config import apply_overrides, load_params, section, write_params
+from afarm.dag import LAUNCHER, STAGES, final_targets, is_directory, stage_params
+from afarm.io import InputError
 from afarm.stages._cli import check_params
-
-if config:  # --config / --configfile: the stages read params.yaml, so an override would be silently ignored
-    raise ValueError(
-        f"snakemake --config/--configfile is not supported (got {sorted(config)}): every stage reads params.yaml; "
-        "edit params.yaml, or use `dvc exp run -S key=value` for a sweep"
-    )
+from afarm.stages._launch import cpus
 
 PARAMS = load_params("params.yaml")
+PARAMS_FILE = None  # None: the stages read params.yaml
+if config:
+    try:
+        merged = apply_overrides(PARAMS, config, where="snakemake --config/--configfile")
+    except InputError as err:
+        raise ValueError(" ".join(str(err).split())) from None
+    header = f"# params.yaml with snakemake --config/--configfile overrides {json.dumps(config, sort_keys=True)}\n"
+    PARAMS_FILE = str(write_params(merged, ".snakemake/afarm", header))
+    PARAMS = load_params(PARAMS_FILE)
 check_params(PARAMS)  # unknown sections / paths keys fail here, before any job starts
 SCALE = PARAMS["scale"]
 SHARED = PARAMS["paths"]["shared_data"]
@@ -40,11 +50,13 @@ for stage in STAGES:
             # Rerun when the resolved params of this scale change (Snakemake's params trigger).
             resolved=json.dumps({s: section(PARAMS, s) for s in stage_params(stage)}, sort_keys=True),
             # Bound now: a `shell:` expression would be evaluated late, after the loop has moved on.
-            cmd=stage.command(SHARED),
-        threads: res.cpus
+            args=stage.arguments(SHARED, PARAMS_FILE),
+        # params that pin the thread count (tiny: 1) ask for what they use; unpinned (paper), the
+        # stage table's CPUs, which the launcher's --threads hands on to the stage
+        threads: cpus(stage.module, PARAMS, res.cpus)
         resources:
             mem_mb=res.mem_mb,
             gpu=res.gpus,
             runtime=res.runtime,
         shell:
-            "{params.cmd}"
+            LAUNCHER + " --threads {threads} {params.args}"

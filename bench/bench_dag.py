@@ -99,7 +99,7 @@ def main() -> None:
     print(f"{'stage':<28}{'seconds':>10}")
     total = 0.0
     for stage in STAGES:
-        targets = " ".join([*stage.outs.values(), *stage.metrics.values()])
+        targets = " ".join([*stage.outs.values(), *stage.metrics.values(), *stage.plots.values()])
         seconds, _ = sh(f"snakemake --cores all --quiet {targets}", work)
         total += seconds
         print(f"{stage.name:<28}{seconds:>10.1f}")

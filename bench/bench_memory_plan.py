@@ -1,7 +1,9 @@
 """Print the memory plan of every paper-scale stage on 8, 4 and 1 x 80 GB (docs/memory_plan.md).
 
-    python bench/bench_memory_plan.py            # the summary table (Markdown)
-    python bench/bench_memory_plan.py --detail   # also every stage's rows on 8 x 80 GB
+    python bench/bench_memory_plan.py                 # the summary table (Markdown)
+    python bench/bench_memory_plan.py --detail        # also every stage's rows on 8 x 80 GB
+    python bench/bench_memory_plan.py --scale small   # the small scale: every stage on its one GPU (24 GB),
+                                                      # the open judge included (--judges api: without it)
 
 Inputs: params.yaml at `scale: paper` (micro-batches, sequence lengths, gradient_checkpointing where
 a section sets it), LLaMA-7B's architecture (`base_model.model.pretrained`, a known hub id). The
@@ -27,8 +29,20 @@ def main() -> None:
     parser.add_argument("--params", default=str(REPO / "params.yaml"))
     parser.add_argument("--memory_gb", type=float, default=80.0)
     parser.add_argument("--detail", action="store_true")
+    parser.add_argument("--scale", choices=["paper", "small"], default="paper")
+    parser.add_argument("--judges", choices=["local", "api"], default="local")
     args = parser.parse_args()
     params = load_params(args.params)
+    if args.scale == "small":
+        plans = mp.scale_plans(params, "small", args.judges)
+        arch = plans[0].arch
+        print(f"small scale, judges: {args.judges}; base model {arch.num_params() / 1e9:.3f}B parameters; one device each; GB = 1e9 bytes\n")
+        print(mp.markdown_table(plans))
+        print(f"\nsmallest device for every stage: {mp.smallest_device_gb(plans):.1f} GB")
+        if args.detail:
+            for p in plans:
+                print("\n" + p.markdown())
+        return
     params["scale"] = "paper"
     arch = mp.stage_arch(params)
     plans = mp.paper_plans(params, memory_gb=args.memory_gb)

@@ -46,12 +46,23 @@ REDUCED = {
 }
 
 
+def _scaled(value) -> bool:
+    from afarm.config import SCALES
+
+    return isinstance(value, dict) and bool(value) and set(value) <= set(SCALES)
+
+
 def merge(base: dict, extra: dict) -> dict:
-    """Deep-merge ``extra`` into ``base``; ``{tiny: x}`` updates only the tiny side of a scaled value."""
+    """Deep-merge ``extra`` into ``base``; ``{tiny: x}`` updates only the tiny side of a per-scale value
+    (likewise any scales named), and a plain value replaces the whole per-scale value."""
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            if set(base[key]) == {"tiny", "paper"} and set(value) == {"tiny"}:
-                base[key]["tiny"] = value["tiny"] if not isinstance(value["tiny"], dict) else merge(base[key]["tiny"], value["tiny"])
+            if _scaled(base[key]) and _scaled(value):
+                for scale, entry in value.items():
+                    old = base[key].get(scale)
+                    base[key][scale] = merge(old, entry) if isinstance(entry, dict) and isinstance(old, dict) else entry
+            elif _scaled(base[key]):  # a plain mapping (e.g. data sizes) replaces every scale's value
+                base[key] = value
             else:
                 merge(base[key], value)
         else:

@@ -14,7 +14,7 @@ from afarm.methods.api_model import APIModelConfig, generate_with_api, published
 from afarm.metrics.winrate import win_rate
 
 MODELS = ["gpt4", "gpt-3.5-turbo-0301", "text_davinci_001", "alpaca-farm-ppo-human", "alpaca-farm-ppo-sim-gpt4-20k"]
-PARAMS = {"scale": "tiny", "_path": "params.yaml", "published_outputs": {}}
+PARAMS = {"scale": "tiny", "_path": "params.yaml", "published_outputs": {}, "generate": {"max_new_tokens": 8, "do_sample": False}}  # generate: the decoding a model folder records
 
 
 def _run_published(shared, tmp_path, model, eval_set_path, generator=None):

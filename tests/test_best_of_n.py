@@ -85,7 +85,7 @@ def _eval_set(path):
 
 
 def _params(section: str, values: dict) -> dict:
-    return {"scale": "tiny", "_path": "params.yaml", section: values}
+    return {"scale": "tiny", "_path": "params.yaml", section: values, "generate": {"max_new_tokens": 8, "do_sample": False}}  # generate: the decoding a model folder records
 
 
 GEN_PARAMS = {"max_new_tokens": 6, "temperature": 1.0, "top_p": 1.0, "batch_size": 8, "num_threads": 1, "show_progress": False}
@@ -116,11 +116,15 @@ def test_expert_iteration_stage_end_to_end(toy, tmp_path):
     params = _params("expert_iteration", {"best_of_n": {"n": 2, "generation": GEN_PARAMS}, "train": train, "limit": 4})
     args = ei_stage.arguments().parse_args([
         "--sft", str(folder / "sft"), "--reward_model", str(folder / "rm"), "--unlabeled", str(tmp_path / "u.json"),
-        "--out", str(tmp_path / "ei"), "--data", str(tmp_path / "d.json"), "--metrics", str(tmp_path / "m.json")])
+        "--out", str(tmp_path / "ei"), "--data", str(tmp_path / "d.json"), "--metrics", str(tmp_path / "m.json"),
+        "--log", str(tmp_path / "curve.csv")])
     ei_stage.main(args, params)
     data = json.loads((tmp_path / "d.json").read_text())
     assert [d["instruction"] for d in data] == INSTRUCTIONS[:4] and all(d["index"] in (0, 1) for d in data)
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["num_instructions"] == 4 and metrics["num_steps"] == 2
+    curve = (tmp_path / "curve.csv").read_text().splitlines()  # the training curve: a row per optimizer step
+    assert curve[0] == "step,loss,learning_rate,grad_norm" and [line.split(",")[0] for line in curve[1:]] == ["1", "2"]
+    assert float(curve[1].split(",")[1]) == metrics["train_loss_first"] and float(curve[2].split(",")[1]) == metrics["train_loss_last"]
     model, _ = load_model(tmp_path / "ei")
     assert type(model).__name__ == "LlamaForCausalLM"

@@ -31,10 +31,16 @@ def test_every_command_parses_with_its_stage_module():
         assert argv[:4] == ["python", "-m", "afarm.stages", stage.module]  # the launcher, then the module
         module = importlib.import_module(f"afarm.stages.{stage.module}")
         args = module.arguments().parse_args(argv[4:])
-        for flag, value in {**stage.deps, **stage.outs, **stage.metrics}.items():
+        for flag, value in {**stage.deps, **stage.outs, **stage.metrics, **stage.plots}.items():
             got = getattr(args, flag)
             want = [p.format(shared_data="/bundle") for p in dag.as_list(value)]
             assert (got if isinstance(got, list) else [got]) == want, (stage.name, flag)
+
+
+def test_snakemake_arguments_are_the_dvc_command_after_the_launcher():
+    for stage in dag.STAGES:
+        assert stage.command("/bundle") == f"{dag.LAUNCHER} {stage.arguments('/bundle')}"
+        assert stage.arguments("/bundle", ".snakemake/afarm/params-x.yaml") == f"{stage.arguments('/bundle')} --params .snakemake/afarm/params-x.yaml"
 
 
 def test_every_dependency_is_a_source_or_produced_upstream():

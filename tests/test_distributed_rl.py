@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 
 from afarm.methods.reward_model import init_reward_model, save_reward_model
 from afarm.models.lm import ModelConfig, build_model, load_model, save_model
-from afarm.models.prompts import format_prompt
+from afarm.models.prompts import chat_prompt, format_prompt
 from afarm.models.tokenizer import train_tokenizer
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -147,7 +147,7 @@ def test_quark_two_processes_bf16_mixed_checkpointed_equal_one(inputs, tmp_path)
     assert len(outputs) == 4 and all(o["generator"] == "quark_sim" for o in outputs)
     model, tok = load_model(two / "model")
     assert "<reward_0>" in tok.get_vocab() and model.get_input_embeddings().weight.size(0) == len(tok)
-    assert json.loads((two / "model" / "generation.json").read_text()) == {"prefix": ""}
+    assert chat_prompt(tok, "Hi") == format_prompt("Hi")  # best-quantile Quark: no control token
 
 
 WORKER = textwrap.dedent(

@@ -20,6 +20,7 @@ step's loss (before any update the casts are identical) to 1e-5.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -35,7 +36,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from afarm.io import InputError
 from afarm.methods.reward_model import init_reward_model, load_reward_model, save_reward_model
-from afarm.models.prompts import format_prompt
+from afarm.models.prompts import chat_prompt, format_prompt
 from afarm.models.tokenizer import train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +80,8 @@ def small(tmp_path_factory) -> Path:
 
 
 def _params(processes: int, sections: dict) -> dict:
-    return {"scale": "tiny", "launch": {"num_threads": 1, "processes": processes, "backend": "gloo", "timeout_s": TIMEOUT_S}, **sections}
+    return {"scale": "tiny", "launch": {"num_threads": 1, "processes": processes, "backend": "gloo", "timeout_s": TIMEOUT_S},
+            "generate": {"max_new_tokens": 8, "do_sample": False}, **sections}  # generate: the decoding a model folder records
 
 
 def _launch(root: Path, name: str, module: str, flags: dict, sections: dict) -> dict[int, subprocess.Popen]:
@@ -166,7 +168,7 @@ def test_sharding_precision_and_fp32_masters(small, tmp_path):
 
 def test_sft_fp32_and_feedme_bf16_mixed(small):
     sft = _launch(small, "sft", "sft", {"base_model": small / "sft", "sft": small / "sft.json", "validation": small / "validation.json",
-                                        "out": "{out}/model", "metrics": "{out}/metrics.json"}, {"sft": {"train": TRAIN}})
+                                        "out": "{out}/model", "metrics": "{out}/metrics.json", "log": "{out}/curve.csv"}, {"sft": {"train": TRAIN}})
     feedme = _launch(small, "feedme", "feedme", {"sft": small / "sft", "preferences": small / "prefs.json",
                                                  "validation": small / "validation.json", "out": "{out}/model",
                                                  "metrics": "{out}/metrics.json"}, {"feedme": {"train": BF16}})
@@ -176,6 +178,11 @@ def test_sft_fp32_and_feedme_bf16_mixed(small):
     assert one["num_steps"] == 4  # 14 examples, 4 per step: the last step is short
     _close(one, two, rel=1e-5)
     assert _max_diff(small / "sft" / "p1" / "model", small / "sft" / "p2" / "model") < 1e-5
+    # the training curve, written by rank 0 from the values averaged over the ranks: that of one process
+    curves = [list(csv.DictReader((small / "sft" / f"p{n}" / "curve.csv").open())) for n in (1, 2)]
+    assert [r["step"] for r in curves[1]] == ["1", "2", "3", "4"] and list(curves[1][0]) == ["step", "loss", "learning_rate", "grad_norm"]
+    _close([{k: float(v) for k, v in r.items()} for r in curves[0]], [{k: float(v) for k, v in r.items()} for r in curves[1]], rel=1e-5)
+    assert float(curves[1][-1]["loss"]) == two["final_train_loss"]
     one, two = _metrics(small, "feedme")
     assert one["num_steps"] == 6  # 22 preferred outputs
     _close({k: v for k, v in one.items() if k != "final_train_loss"}, {k: v for k, v in two.items() if k != "final_train_loss"}, rel=1e-3)
@@ -225,7 +232,7 @@ def test_dpo_and_reward_conditioning(small):
     _close(one, two, rel=1e-5)
     assert _max_diff(small / "rc" / "p1" / "model", small / "rc" / "p2" / "model") < 1e-5
     for n in (1, 2):
-        assert (small / "rc" / f"p{n}" / "model" / "prompt_prefix.txt").read_text() == "<|good|>"
+        assert chat_prompt(AutoTokenizer.from_pretrained(small / "rc" / f"p{n}" / "model"), "Hi") == "<|good|>" + format_prompt("Hi")
     tokenizer = AutoTokenizer.from_pretrained(small / "rc" / "p2" / "model")
     assert AutoModelForCausalLM.from_pretrained(small / "rc" / "p2" / "model").get_input_embeddings().num_embeddings >= len(tokenizer)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from types import SimpleNamespace
@@ -163,15 +164,19 @@ def test_dpo_stage_end_to_end(tok, tmp_path):
 
     save_model(build_model(TINY, tok), tok, tmp_path / "sft")
     (tmp_path / "prefs.json").write_text(json.dumps(easy_preferences(24)))
-    params = {"scale": "tiny", "_path": "params.yaml", "dpo": {
+    params = {"scale": "tiny", "_path": "params.yaml", "generate": {"max_new_tokens": 8, "do_sample": False}, "dpo": {
         "beta": 0.1, "eval_size": {"tiny": 4, "paper": 500},
         "train": {"learning_rate": 3e-3, "num_epochs": 1, "batch_size": 4, "micro_batch_size": 4, "max_length": 96,
                   "seed": 0, "num_threads": 1, "show_progress": False},
     }}
     args = arguments().parse_args(["--sft", str(tmp_path / "sft"), "--preferences", str(tmp_path / "prefs.json"),
-                                   "--out", str(tmp_path / "dpo_sim"), "--metrics", str(tmp_path / "m.json")])
+                                   "--out", str(tmp_path / "dpo_sim"), "--metrics", str(tmp_path / "m.json"), "--log", str(tmp_path / "curve.csv")])
     main(args, params)
     metrics = json.loads((tmp_path / "m.json").read_text())
+    curve = list(csv.DictReader((tmp_path / "curve.csv").open()))  # the training curve: a row per optimizer step
+    assert [int(r["step"]) for r in curve] == [1, 2, 3, 4, 5]
+    assert list(curve[0]) == ["step", "loss", "learning_rate", "grad_norm", "accuracy", "reward_margin", "chosen_reward", "rejected_reward"]
+    assert float(curve[0]["loss"]) == pytest.approx(math.log(2), abs=1e-6) and float(curve[0]["reward_margin"]) == 0  # policy == reference
     assert metrics["num_pairs"] == 20 and metrics["num_eval_pairs"] == 4 and metrics["num_steps"] == 5 and metrics["beta"] == 0.1
     assert metrics["eval_before"]["accuracy"] == 0 and metrics["eval_after"]["reward_margin"] > 0
     trained, _ = load_model(tmp_path / "dpo_sim")

@@ -57,7 +57,7 @@ def test_feedme_stage_end_to_end(tmp_path):
     save_model(build_model(TINY, tok), tok, tmp_path / "sft")
     (tmp_path / "prefs.json").write_text(json.dumps(PREFS))
     (tmp_path / "validation.json").write_text(json.dumps([{"id": "v0", "instruction": "Name a fruit.", "input": "", "output": "A pear."}]))
-    params = {"scale": "tiny", "_path": "params.yaml", "feedme": {"train": {
+    params = {"scale": "tiny", "_path": "params.yaml", "generate": {"max_new_tokens": 8, "do_sample": False}, "feedme": {"train": {
         "learning_rate": 1e-2, "num_epochs": 2, "batch_size": {"tiny": 2, "paper": 128}, "micro_batch_size": {"tiny": 2, "paper": 1},
         "max_length": 256, "seed": 0, "num_threads": 1, "show_progress": False}}}
     args = arguments().parse_args(["--sft", str(tmp_path / "sft"), "--preferences", str(tmp_path / "prefs.json"),

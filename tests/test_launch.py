@@ -64,6 +64,61 @@ def test_process_count_follows_the_stage_table(tmp_path, monkeypatch):
     assert _launch.command("annotate", ["--out", "x"], params(tmp_path))[1:] == ["-m", "afarm.stages.annotate", "--out", "x"]
 
 
+def test_pinned_threads_win_and_unpinned_threads_follow_the_granted_cpus(tmp_path, monkeypatch):
+    from afarm import dag
+
+    monkeypatch.setattr(dag, "DISTRIBUTED", frozenset({"sft"}))
+    pinned, free = params(tmp_path), params(tmp_path, {"num_threads": None})  # tiny pins 1; paper: null
+    assert _launch.threads("annotate", pinned, granted=8) == 1  # the tiny bytes depend on the pin
+    assert _launch.threads("annotate", free, granted=8) == 8
+    assert _launch.threads("annotate", free, granted=None) is None  # nothing granted: the libraries' default
+    two = params(tmp_path, {"num_threads": None, "processes": 2})
+    assert _launch.threads("sft", two, granted=8) == 4 and _launch.threads("sft", two, granted=1) == 1  # shared by the processes
+    # SLURM's allocation when no engine passed --threads (dvc repro inside a job); --threads wins over it
+    slurm = {"SLURM_CPUS_PER_TASK": "6", "OMP_NUM_THREADS": "1"}
+    assert _launch.environment(free, base=slurm, machine="x86_64", module="annotate")["OMP_NUM_THREADS"] == "6"
+    assert _launch.environment(free, base=slurm, machine="x86_64", module="annotate", granted=3)["MKL_NUM_THREADS"] == "3"
+    assert _launch.environment(pinned, base=slurm, machine="x86_64", module="annotate", granted=3)["OPENBLAS_NUM_THREADS"] == "1"
+    # what a rule asks Snakemake / SLURM for: the pinned threads of every process, else the stage table's CPUs
+    assert _launch.cpus("sft", params(tmp_path, {"processes": 2}), reserved=16) == 2
+    assert _launch.cpus("sft", free, reserved=16) == 16
+
+
+PROBE = """import atexit, json, os, sys
+
+def _record():  # at the stage process's exit: the torch thread count it ran with
+    if "torch" in sys.modules:
+        with open(os.environ["THREADS_PROBE"], "a") as f:
+            f.write(json.dumps({"argv": sys.argv[:1], "torch_threads": sys.modules["torch"].get_num_threads()}) + "\\n")
+
+atexit.register(_record)
+"""
+
+
+def test_granted_threads_reach_torch_in_the_stage_process(tmp_path):
+    """`python -m afarm.stages --threads 1 base_model ...` (the Snakefile passes the rule's threads) with
+    unpinned params: the stage process's torch runs 1 thread (a sitecustomize hook reads
+    torch.get_num_threads() as it exits), not torch's default of one per core. (A count above the
+    machine's cores would show the cores: torch caps OMP_NUM_THREADS there.)"""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: torch's default is 1 thread anyway, the check would prove nothing")
+    _write_training_inputs(tmp_path)
+    data = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    data["launch"]["num_threads"] = None
+    data["base_model"]["train"]["num_threads"] = None
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "probe" / "sitecustomize.py").write_text(PROBE)
+    env = {k: v for k, v in os.environ.items() if k not in (*_launch.THREAD_VARIABLES, _launch.SLURM_CPUS)}
+    env.update(PYTHONPATH=os.pathsep.join([str(tmp_path / "probe"), str(REPO / "src")]), THREADS_PROBE=str(tmp_path / "threads.jsonl"))
+    argv = [sys.executable, "-m", "afarm.stages", "--threads", "1", "base_model", "--unlabeled", "train.json",
+            "--validation", "validation.json", "--out", "model", "--metrics", "metrics.json"]
+    result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    probes = [json.loads(line) for line in (tmp_path / "threads.jsonl").read_text().splitlines()]
+    assert probes == [{"argv": [str(REPO / "src" / "afarm" / "stages" / "base_model.py")], "torch_threads": 1}]
+
+
 @pytest.mark.parametrize(
     "launch, field",
     [({"cpu_kernels": "avx512"}, "launch.cpu_kernels"), ({"processes": 0}, "launch.processes"),
@@ -91,6 +146,8 @@ def test_a_stage_promised_several_processes_that_finds_itself_alone_stops(tmp_pa
 def test_unknown_module_is_a_usage_error():
     result = subprocess.run([sys.executable, "-m", "afarm.stages", "sftt"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2 and "stage modules:" in result.stderr and "'sftt'" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "afarm.stages", "--threads", "0", "data"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and "--threads takes a positive integer, got '0'" in result.stderr
 
 
 def _write_training_inputs(root: Path) -> None:
@@ -109,10 +166,10 @@ def _write_training_inputs(root: Path) -> None:
 def _train(root: Path, out: str, env: dict, launcher: bool) -> str:
     module = ["afarm.stages", "base_model"] if launcher else ["afarm.stages.base_model"]
     argv = [sys.executable, "-m", *module, "--unlabeled", "train.json", "--validation", "validation.json",
-            "--out", out, "--metrics", f"{out}.json"]
+            "--out", out, "--metrics", f"{out}.json", "--log", f"{out}.csv"]
     result = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    return hashlib.md5((root / out / "model.safetensors").read_bytes()).hexdigest()
+    return hashlib.md5((root / out / "model.safetensors").read_bytes() + (root / f"{out}.csv").read_bytes()).hexdigest()  # weights and training curve
 
 
 @pytest.mark.skipif(os.uname().machine not in ("x86_64", "AMD64"), reason="CPU kernel paths are x86's")

@@ -161,3 +161,13 @@ def test_the_readme_table_is_what_the_plan_computes():
     summary = mp.fit_summary(load_params(repo / "params.yaml"))
     assert "| ppo | 50.1 | 260.3 (does not fit) |" in summary  # the numbers docs/memory_plan.md explains
     assert summary in (repo / "README.md").read_text(), "paste afarm.memory_plan.fit_summary's table into README.md"
+
+
+def test_the_docs_small_scale_table_is_what_the_plan_computes():
+    """docs/memory_plan.md's small-scale table is `bench/bench_memory_plan.py --scale small`'s output."""
+    params = load_params(REPO / "params.yaml")
+    plans = mp.scale_plans(params, "small", "local")
+    table = mp.markdown_table(plans)
+    assert table.strip() in (REPO / "docs" / "memory_plan.md").read_text(), "rerun bench/bench_memory_plan.py --scale small and paste its table"
+    assert all(p.fits and p.memory_gb == 24 for p in plans)
+    assert f"{mp.smallest_device_gb(plans):.1f}" == "22.7"  # the number the docs and README quote

@@ -14,79 +14,31 @@ data -> base_model -> sft -> preference_data -> reward_model -> ppo -> generate 
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
-from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from fake_openai_server import FakeOpenAIServer, TemplateJudge, bundle_templates
+from hub_fixtures import MINIATURE, hub_dataset, pretrained_llama
 from pipeline_helpers import copy_repo, merge, run, sh
 
 pytestmark = pytest.mark.slow
 
-WORDS = "red green blue cat dog bird sun moon tree river stone cloud fast slow big small warm cold".split()
-
-
-def _text(i: int, n: int) -> str:
-    return " ".join(WORDS[(i * 5 + k) % len(WORDS)] for k in range(n))
-
-
-def _hub_data(folder: Path) -> None:
-    """tatsu-lab/alpaca_farm's `alpaca_instructions` config in the hub layout (a dataset card + jsonl)."""
-    sizes = {"sft": 16, "preference": 8, "unlabeled": 8, "val": 4}
-    (folder / "alpaca_instructions").mkdir(parents=True)
-    for split, n in sizes.items():
-        rows = [{"instruction": f"Name {_text(i + len(split), 2)} things ({split} {i}).", "input": "", "output": _text(i, 4 + i % 5)} for i in range(n)]
-        (folder / "alpaca_instructions" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    card = ["---", "configs:", "- config_name: alpaca_instructions", "  data_files:"]
-    card += [f"  - split: {s}\n    path: alpaca_instructions/{s}.jsonl" for s in sizes]
-    (folder / "README.md").write_text("\n".join(card + ["---", ""]))
-
-
-def _pretrained(folder: Path) -> None:
-    """A small Llama in the hub layout, as a converted LLaMA checkpoint: bf16 weights, a tokenizer
-    without a pad token (the base_model stage adds "[PAD]" as upstream)."""
-    from afarm.models.prompts import format_prompt
-    from afarm.models.tokenizer import train_tokenizer
-
-    texts = [format_prompt(f"Name {_text(i, 2)} things.") + _text(i, 6) for i in range(60)]
-    tokenizer = train_tokenizer(texts, vocab_size=400)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                         tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-
-
 def _small(extra: dict) -> dict:
-    """Paper params with only sizes shrunk: every key here is a size, a length, a step count or a path
-    (plain values replace both scales' values; this workspace runs only the paper scale)."""
-    train = {"batch_size": 4, "micro_batch_size": 1, "num_epochs": 1, "max_length": 128}
-    generation = {"max_new_tokens": 8, "batch_size": 2}
-    return merge({
-        "launch": {"processes": {"paper": 2}, "backend": {"paper": "gloo"}, "timeout_s": {"paper": 120}, "num_threads": {"paper": 1}},
-        "data": {"sizes": {"paper": {"sft": 16, "preference": 8, "unlabeled": 8, "validation": 4}}, "eval_limit": 4},
-        "sft": {"train": train},
-        "generate": {"max_new_tokens": 8, "batch_size": 2},
-        "preference_data": {"limit": 8, "generation": generation},
-        "reward_model": {"batch_size": 4, "micro_batch_size": 1, "num_epochs": 1, "eval_size": 2,
-                         "max_length": 128},
-        "ppo": {"max_steps": 1, "rollout_batch_size": 4, "step_batch_size": 4,
-                "rollout_micro_batch_size": 1, "step_micro_batch_size": 1,
-                "response_len": 8, "query_len": 128},
-    }, extra)
+    """Paper params with only sizes shrunk (hub_fixtures.MINIATURE: every key is a size, a length, a step
+    count or a path) and 2 CPU processes on gloo."""
+    launch = {"launch": {"processes": {"paper": 2}, "backend": {"paper": "gloo"}, "timeout_s": {"paper": 120}, "num_threads": {"paper": 1}}}
+    return merge(merge(launch, copy.deepcopy(MINIATURE)), extra)
 
 
 def test_paper_spine_in_two_processes_with_api_judges(repo, shared, tmp_path):
     work = tmp_path / "repo"
     copy_repo(repo, work)
-    _hub_data(tmp_path / "alpaca_farm")
-    _pretrained(tmp_path / "llama")
+    hub_dataset(tmp_path / "alpaca_farm")
+    pretrained_llama(tmp_path / "llama")
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["scale"] = "paper"
     params["paths"] = {"shared_data": str(shared), "cache_dir": str(tmp_path / "annotation-cache")}
@@ -134,5 +86,5 @@ def test_paper_spine_in_two_processes_with_api_judges(repo, shared, tmp_path):
         assert len(records) == 4 and {r["annotator"] for r in records} == {"alpaca_farm_greedy_gpt4"}
         (flat / f"{name}.json").write_text(json.dumps(records))
     sh(f"afarm leaderboard --annotations_dir {flat} --out_dir {board}", tmp_path)
-    rows = {r["generator"]: r for r in csv.DictReader(open(board / "leaderboard.csv"))}
+    rows = {r[""]: r for r in csv.DictReader(open(board / "leaderboard.csv"))}  # upstream's layout: unnamed model column
     assert set(rows) == {"ppo_sim", "sft"} and all(0 <= float(r["win_rate"]) <= 100 for r in rows.values())

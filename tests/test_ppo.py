@@ -261,7 +261,7 @@ def test_ppo_stage_end_to_end(tok, tmp_path):
         "step_micro_batch_size": 8, "response_len": 8, "learning_rate": 1e-3, "warmup_steps": 0,
         "seed": 0, "num_threads": 1, "show_progress": False,
     }
-    params = {"scale": "tiny", "_path": "params.yaml", "ppo": section}
+    params = {"scale": "tiny", "_path": "params.yaml", "ppo": section, "generate": {"max_new_tokens": 8, "do_sample": False}}
     argv = [
         "--sft", str(tmp_path / "sft"), "--reward_model", str(tmp_path / "rm"), "--unlabeled", str(tmp_path / "unlabeled.json"),
         "--out", str(tmp_path / "ppo"), "--metrics", str(tmp_path / "m.json"), "--plot", str(tmp_path / "p.png"),
@@ -273,7 +273,7 @@ def test_ppo_stage_end_to_end(tok, tmp_path):
     assert {"initial_score", "final_score", "final_kl", "final_entropy"} <= set(metrics)
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader((tmp_path / "log.csv").open()))
-    assert [int(r["step"]) for r in rows] == [1, 2] and {"score", "kl", "entropy", "policy_loss", "value_loss"} <= set(rows[0])
+    assert [int(r["step"]) for r in rows] == [1, 2] and {"score", "kl", "entropy", "policy_loss", "value_loss", "learning_rate", "grad_norm"} <= set(rows[0])
     model, loaded_tok = load_model(tmp_path / "ppo")
     assert len(loaded_tok) == len(tok) and model.config.vocab_size == build_model(TOY, tok).config.vocab_size
     # A per-set kl_coef without the set named is bad input.

@@ -4,6 +4,7 @@ a toy reward, and the stage end to end on toy models."""
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import math
 
@@ -24,7 +25,7 @@ from afarm.methods.quark import (
 )
 from afarm.methods.reward_model import init_reward_model, save_reward_model
 from afarm.models.lm import ModelConfig, build_model, load_model, save_model
-from afarm.models.prompts import format_prompt
+from afarm.models.prompts import chat_prompt, format_prompt
 from afarm.models.tokenizer import train_tokenizer
 from afarm.models.train import TrainConfig, evaluate_loss
 
@@ -181,16 +182,21 @@ def test_quark_stage_end_to_end(tok, tmp_path):
     args = stage.arguments().parse_args([
         "--sft", str(tmp_path / "sft"), "--reward_model", str(tmp_path / "rm"), "--unlabeled", str(tmp_path / "unlabeled.json"),
         "--eval_set", str(tmp_path / "eval.json"), "--out", str(tmp_path / "quark"), "--outputs", str(tmp_path / "outputs.json"),
-        "--metrics", str(tmp_path / "m.json"), "--plot", str(tmp_path / "p.png"), "--generator", "quark_sim", "--preference_set", "sim",
+        "--metrics", str(tmp_path / "m.json"), "--plot", str(tmp_path / "p.png"), "--log", str(tmp_path / "curve.csv"),
+        "--generator", "quark_sim", "--preference_set", "sim",
     ])
     stage.main(args, params)
     metrics = json.loads((tmp_path / "m.json").read_text())
+    curve = list(csv.DictReader((tmp_path / "curve.csv").open()))  # the training curve: a row per Quark step
+    assert [int(r["step"]) for r in curve] == [1, 2] and float(curve[-1]["score"]) == metrics["final_score"]
+    assert {"loss", "train_kl", "train_entropy", "learning_rate", "grad_norm"} <= set(curve[0]) and "seconds" not in curve[0]
     assert metrics["num_steps"] == 2 and metrics["generation_prefix"] == "<reward_0>" and metrics["kl_coef"] == 0.05
     outputs = json.loads((tmp_path / "outputs.json").read_text())
     assert [o["instruction"] for o in outputs] == [r["instruction"] for r in eval_set]
     assert all(o["generator"] == "quark_sim" and o["dataset"] == "toy" and isinstance(o["output"], str) for o in outputs)
-    assert json.loads((tmp_path / "quark" / "generation.json").read_text()) == {"prefix": "<reward_0>"}
     model, loaded_tok = load_model(tmp_path / "quark")
+    # the control token is recorded once, in the folder's chat template
+    assert chat_prompt(loaded_tok, "Hi") == "<reward_0>" + format_prompt("Hi")
     assert "<reward_0>" in loaded_tok.get_vocab() and model.get_input_embeddings().weight.size(0) == len(loaded_tok)
     assert loaded_tok("<reward_0>x")["input_ids"][1] == loaded_tok.convert_tokens_to_ids("<reward_0>")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from afarm.methods.reward_conditioning import RewardConditioningConfig, add_control_tokens, conditioned_examples
-from afarm.models.generate import PROMPT_PREFIX_FILE, GenerationConfig, generate, prompt_prefix
+from afarm.models.card import ModelCard
+from afarm.models.generate import GenerationConfig, generate
 from afarm.models.lm import ModelConfig, build_model, load_model, save_model
-from afarm.models.prompts import format_prompt
+from afarm.models.prompts import chat_prompt, format_prompt
 from afarm.models.tokenizer import train_tokenizer
 from afarm.models.train import TrainConfig
 
@@ -61,11 +62,11 @@ def test_control_tokens_are_single_ids_after_bos_and_seeded(tok):
     assert torch.equal(models[0].get_input_embeddings().weight, models[1].get_input_embeddings().weight)
 
 
-def test_prompt_prefix_file_is_optional(tok, tmp_path):
+def test_control_token_lives_in_the_chat_template(tok, tmp_path):
     save_model(build_model(TINY, tok), tok, tmp_path / "plain")
-    assert prompt_prefix(tmp_path / "plain") == ""  # every existing model folder: unchanged behaviour
-    (tmp_path / "plain" / PROMPT_PREFIX_FILE).write_text("<|good|>")
-    assert prompt_prefix(tmp_path / "plain") == "<|good|>"
+    assert chat_prompt(load_model(tmp_path / "plain")[1], "Hi") == format_prompt("Hi")  # no control token
+    save_model(build_model(TINY, tok), tok, tmp_path / "good", ModelCard(method="t", prompt_prefix="<|good|>"))
+    assert chat_prompt(load_model(tmp_path / "good")[1], "Hi", "x") == "<|good|>" + format_prompt("Hi", "x")
 
 
 def test_stage_then_generate_uses_the_positive_token(tok, tmp_path):
@@ -86,7 +87,7 @@ def test_stage_then_generate_uses_the_positive_token(tok, tmp_path):
                                  "--metrics", str(tmp_path / "m.json")]), params)
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["num_examples"] == 16 and metrics["num_steps"] == 200 and metrics["prompt_prefix"] == "<|good|>"
-    assert (out / PROMPT_PREFIX_FILE).read_text() == "<|good|>"
+    assert chat_prompt(load_model(out)[1], "Hi") == "<|good|>" + format_prompt("Hi")
 
     eval_set = [{"instruction": f"Can you talk about {t}?", "output": "ref", "generator": "ref", "dataset": "d"} for t in THINGS[:4]]
     (tmp_path / "eval.json").write_text(json.dumps(eval_set))

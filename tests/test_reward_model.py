@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import random
@@ -193,9 +194,12 @@ def test_reward_model_stage_end_to_end(tok, tmp_path):
     section = {k: v for k, v in FAST.__dict__.items() if k != "adam_betas"} | {"num_epochs": 1, "eval_size": 12}
     params = {"scale": "tiny", "_path": "params.yaml", "reward_model": section}
     args = stage.arguments().parse_args(["--sft", str(tmp_path / "sft"), "--preferences", str(tmp_path / "prefs.json"),
-                                         "--out", str(tmp_path / "rm"), "--metrics", str(tmp_path / "m.json")])
+                                         "--out", str(tmp_path / "rm"), "--metrics", str(tmp_path / "m.json"), "--log", str(tmp_path / "curve.csv")])
     stage.main(args, params)
     metrics = json.loads((tmp_path / "m.json").read_text())
+    curve = list(csv.DictReader((tmp_path / "curve.csv").open()))  # the training curve: a row per optimizer step
+    assert [int(r["step"]) for r in curve] == [1, 2, 3] and list(curve[0]) == ["step", "loss", "learning_rate", "grad_norm", "accuracy"]
+    assert [float(r["loss"]) for r in curve] == metrics["train_loss_curve"]  # 3 steps in 3 bins: the steps themselves
     assert metrics["num_train_pairs"] == 48 and metrics["held_out_pairs"] == 12 and metrics["num_steps"] == 3
     assert len(metrics["train_loss_curve"]) == 3 and 0 <= metrics["held_out_accuracy"] <= 1
     model, _ = load_reward_model(tmp_path / "rm")

@@ -2,16 +2,31 @@
 
 Layout of params.yaml::
 
-    scale: tiny            # tiny | paper: the one setting that switches scales
+    scale: tiny            # tiny | small | paper: the one setting that switches scales
+    judges: local          # local | api: who judges at the small scale (see below)
     paths: {...}           # where the data bundle and the annotation cache live
     <stage>:               # one section per stage (the section name = the stage family)
-      key: value           # same value at both scales
-      key: {tiny: a, paper: b}   # a value per scale
+      key: value                          # same value at every scale
+      key: {tiny: a, small: b, paper: c}  # a value per scale
+      key: {tiny: a, paper: c}            # small takes the paper value (FALLBACK)
+      key: {tiny: a, small: {local: b, api: c}, paper: d}   # small: b or c by ``judges``
 
-A mapping whose keys are exactly ``tiny`` and ``paper`` is a per-scale value;
-``resolve`` picks the active one. Sections are turned into the library's config
-dataclasses with ``to_dataclass``, which rejects unknown keys (with a
-did-you-mean) and wrong types, naming the file and the key.
+Per-scale values. A mapping whose keys are all scale names (``SCALES``) is a per-scale value
+and ``resolve`` picks the active scale's entry. A scale may be left out only where
+``FALLBACK`` names a scale to take instead: ``small`` falls back to ``paper`` (the small scale
+is the paper's recipe and code path on one GPU, so every value it does not name is the
+paper's: precision, gradient checkpointing, seeds, sampling settings). Any other missing scale
+(``tiny`` anywhere, or ``paper`` in a map that names only ``tiny`` and ``small``) is an error
+naming the key. ``scale_sources`` lists, for one scale, the keys that took a fallback.
+
+Per-judges values. A mapping whose keys are exactly ``local`` and ``api`` is chosen by the
+top-level ``judges`` setting: the small scale runs with an OpenAI key (``api``: the paper's
+annotator pool and evaluator) or without one (``local``: an open judge model on the GPU). The
+choice is a params value, never the key's presence in the environment; a params file that needs
+it and lacks it is an error naming ``judges``.
+
+Sections are turned into the library's config dataclasses with ``to_dataclass``, which rejects
+unknown keys (with a did-you-mean) and wrong types, naming the file and the key.
 """
 
 from __future__ import annotations
@@ -27,7 +42,10 @@ import yaml
 
 from afarm.io import InputError
 
-SCALES = ("tiny", "paper")
+SCALES = ("tiny", "small", "paper")
+# A per-scale map may leave out a scale named here; it then takes the value of the scale it maps to.
+FALLBACK = {"small": "paper"}
+JUDGES = ("local", "api")  # the top-level `judges` setting: who annotates at the small scale
 T = TypeVar("T")
 
 
@@ -49,6 +67,8 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     scale = params.get("scale")
     if scale not in SCALES:
         raise InputError(path, f"scale must be one of {SCALES}, got {scale!r}", field="scale")
+    if "judges" in params and params["judges"] not in JUDGES:
+        raise InputError(path, f"judges must be one of {JUDGES}, got {params['judges']!r}", field="judges")
     params["_path"] = str(path)
     return params
 
@@ -66,6 +86,50 @@ def check_sections(params: dict[str, Any], known: "typing.Iterable[str]") -> Non
         raise InputError(params.get("_path", "params.yaml"), "unknown section" + suggestion, field=str(key))
 
 
+def apply_overrides(params: dict[str, Any], overrides: dict[str, Any], where: str) -> dict[str, Any]:
+    """``params`` with ``overrides`` merged in (a copy): a mapping merges key by key (``{tiny: x}``
+    sets only the tiny side of a per-scale value), any other value replaces. Every key must exist
+    in params (a typo stops here with a did-you-mean), except inside an empty mapping. Values given
+    as text where params holds no text are read as YAML (``"0.01"`` -> 0.01): command-line values
+    arrive as strings. ``where`` names the overrides' origin in errors."""
+    merged = _merge({k: v for k, v in params.items() if not k.startswith("_")}, overrides, "", where)
+    return {**merged, "_path": params.get("_path", "params.yaml")}
+
+
+def _merge(base: Any, override: Any, prefix: str, where: str) -> Any:
+    if not (isinstance(base, dict) and isinstance(override, dict)):
+        return _typed(override, base)
+    merged = dict(base)
+    for key, value in override.items():
+        if key not in base and base:
+            hint = difflib.get_close_matches(str(key), [str(k) for k in base], n=1)
+            raise InputError(where, "no such key in params.yaml" + (f" (did you mean {prefix + hint[0]!r}?)" if hint else ""), field=f"{prefix}{key}")
+        merged[key] = _merge(base.get(key), value, f"{prefix}{key}.", where)
+    return merged
+
+
+def _typed(value: Any, base: Any) -> Any:
+    texts = list(base.values()) if _is_scaled(base) else [base]
+    if not isinstance(value, str) or all(isinstance(t, str) for t in texts):
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def write_params(params: dict[str, Any], folder: str | Path, header: str = "") -> Path:
+    """Write ``params`` to ``folder/params-<hash of the text>.yaml`` (atomically; an existing file of the
+    same name already holds the same text) and return its path."""
+    from afarm.io import sha256_text, write_text
+
+    text = header + yaml.safe_dump({k: v for k, v in params.items() if not k.startswith("_")}, sort_keys=False)
+    path = Path(folder) / f"params-{sha256_text(text)[:12]}.yaml"
+    if not path.exists():
+        write_text(path, text)
+    return path
+
+
 @dataclasses.dataclass
 class PathsConfig:
     """The ``paths`` section (our choices; see params.yaml)."""
@@ -75,17 +139,42 @@ class PathsConfig:
 
 
 def _is_scaled(value: Any) -> bool:
-    return isinstance(value, dict) and set(value) == set(SCALES)
+    """A per-scale value: a non-empty mapping whose keys are all scale names."""
+    return isinstance(value, dict) and bool(value) and set(value) <= set(SCALES)
 
 
-def resolve(value: Any, scale: str) -> Any:
-    """Pick the active scale's value everywhere inside ``value``."""
+def _is_judged(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == set(JUDGES)
+
+
+def _scale_entry(value: dict, scale: str, key: str, where: str) -> tuple[Any, str]:
+    """(the entry for ``scale``, the scale it was taken from) of a per-scale map."""
+    if scale in value:
+        return value[scale], scale
+    if FALLBACK.get(scale) in value:
+        return value[FALLBACK[scale]], FALLBACK[scale]
+    rule = f" (and no {FALLBACK[scale]!r} value to fall back to)" if scale in FALLBACK else ""
+    raise InputError(where, f"no value for scale {scale!r}{rule}; this per-scale value names only {sorted(value)}", field=key or None)
+
+
+def resolve(value: Any, scale: str, judges: str | None = None, key: str = "", where: str = "params.yaml",
+            fallbacks: list[str] | None = None) -> Any:
+    """Pick the active scale's value (and, in ``{local, api}`` maps, the ``judges`` value) everywhere
+    inside ``value``. ``key`` names ``value`` in errors; keys that took a ``FALLBACK`` are appended to
+    ``fallbacks`` when given."""
     if _is_scaled(value):
-        return resolve(value[scale], scale)
+        entry, taken = _scale_entry(value, scale, key, where)
+        if taken != scale and fallbacks is not None:
+            fallbacks.append(key)
+        return resolve(entry, scale, judges, key, where, fallbacks)
+    if _is_judged(value):
+        if judges is None:
+            raise InputError(where, f"this value depends on the top-level `judges` setting ({' | '.join(JUDGES)}), which is not set", field=key or "judges")
+        return resolve(value[judges], scale, judges, key, where, fallbacks)
     if isinstance(value, dict):
-        return {k: resolve(v, scale) for k, v in value.items()}
+        return {k: resolve(v, scale, judges, f"{key}.{k}" if key else str(k), where, fallbacks) for k, v in value.items()}
     if isinstance(value, list):
-        return [resolve(v, scale) for v in value]
+        return [resolve(v, scale, judges, f"{key}[{i}]", where, fallbacks) for i, v in enumerate(value)]
     return value
 
 
@@ -95,7 +184,18 @@ def section(params: dict[str, Any], name: str) -> dict[str, Any]:
         known = [k for k in params if not k.startswith("_")]
         hint = difflib.get_close_matches(name, known, n=1)
         raise InputError(params.get("_path", "params.yaml"), "missing section" + (f" (did you mean {hint[0]!r}?)" if hint else ""), field=name)
-    return resolve(params[name] or {}, params["scale"])
+    return resolve(params[name] or {}, params["scale"], params.get("judges"), name, params.get("_path", "params.yaml"))
+
+
+def scale_sources(params: dict[str, Any], scale: str | None = None) -> list[str]:
+    """Keys (``section.key``) whose per-scale map has no entry for ``scale`` (default: the active one)
+    and took its ``FALLBACK`` scale's value: what to read to see where ``small`` equals ``paper``."""
+    scale = scale or params["scale"]
+    taken: list[str] = []
+    for name, value in params.items():
+        if not name.startswith("_") and name not in ("scale", "judges"):
+            resolve(value or {}, scale, params.get("judges"), name, params.get("_path", "params.yaml"), taken)
+    return taken
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:
@@ -143,3 +243,26 @@ def stage_config(params: dict[str, Any], name: str, cls: type[T], drop: tuple[st
     """Section ``name`` as a ``cls`` instance; keys in ``drop`` are read separately by the stage."""
     values = {k: v for k, v in section(params, name).items() if k not in drop}
     return to_dataclass(cls, values, params.get("_path", "params.yaml"), prefix=f"{name}.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m afarm.config --fallbacks small``: the keys where a scale takes its fallback's value."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Inspect params.yaml's per-scale values.")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--fallbacks", metavar="SCALE", choices=sorted(FALLBACK), required=True,
+                        help="list the keys whose value at SCALE is its fallback scale's")
+    args = parser.parse_args(argv)
+    try:
+        keys = scale_sources(load_params(args.params), args.fallbacks)
+    except InputError as err:
+        print(f"error: {err}")
+        return 2
+    print(f"{len(keys)} keys take the {FALLBACK[args.fallbacks]!r} value at scale {args.fallbacks!r}:")
+    print("\n".join(f"  {k}" for k in keys))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 PACKAGE = "afarm"
+LAUNCHER = f"python -m {PACKAGE}.stages"  # the stage launcher, afarm.stages._launch
 BUNDLE = "{shared_data}/alpaca_eval"
 EVAL_SOURCE = BUNDLE + "/results/text_davinci_003/model_outputs.json"
 AE2_LEADERBOARD = BUNDLE + "/src/alpaca_eval/leaderboards/data_AlpacaEval_2/weighted_alpaca_eval_gpt4_turbo_leaderboard.csv"
@@ -60,6 +61,12 @@ GPU_INFER = Resources(cpus=8, mem_mb=64_000, gpus=1, runtime=6 * 60)
 # Data-parallel generation at paper scale: one process and one full bf16 copy of the model per GPU of
 # the node, each generating its share of the batches (the 40k preference samples, 805 x 15 eval outputs).
 GPU_GEN = Resources(cpus=16, mem_mb=128_000, gpus=8, runtime=6 * 60)
+# The small scale: every stage that trains, generates or runs a local judge gets ONE GPU (a 0.5B model
+# and its PPO companions fit one 24 GB device by the memory plan: no sharding, one process per stage).
+SMALL_GPU = Resources(cpus=8, mem_mb=64_000, gpus=1, runtime=12 * 60)
+# Stage modules that load a judge model when the small scale runs its open judge (`judges: local`):
+# they get a GPU at that scale whatever `judges` says (a SLURM reservation cannot read params values).
+JUDGE_MODULES = frozenset({"preference_data", "annotate", "analyze_annotators"})
 
 
 @dataclass(frozen=True)
@@ -69,16 +76,23 @@ class Stage:
     deps: dict[str, str | tuple[str, ...]]  # flag -> one path, or several
     outs: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, str] = field(default_factory=dict)  # small JSON, `cache: false`
-    plots: dict[str, str] = field(default_factory=dict)  # small CSV for `dvc plots show`, `cache: false`
+    plots: dict[str, str] = field(default_factory=dict)  # small CSV or PNG for `dvc plots show`, `cache: false`
     params: tuple[str, ...] = ()  # params.yaml sections read by the stage
     args: dict[str, str | tuple[str, ...]] = field(default_factory=dict)  # fixed non-path flags (a tuple: several values)
     tiny: Resources = CPU
     paper: Resources = CPU
 
     def command(self, shared_data: str = "${paths.shared_data}") -> str:
-        parts = ["python", "-m", f"{PACKAGE}.stages", self.module]
+        return f"{LAUNCHER} {self.arguments(shared_data)}"
+
+    def arguments(self, shared_data: str = "${paths.shared_data}", params_file: str | None = None) -> str:
+        """The launcher's arguments: the module and its flags, then ``--params`` when a params file
+        other than params.yaml is given (the Snakefile's merged ``--config`` overrides)."""
+        parts = [self.module]
         for flag, value in {**self.deps, **self.outs, **self.metrics, **self.plots, **self.args}.items():
             parts += [f"--{flag}", *(p.format(shared_data=shared_data) for p in as_list(value))]
+        if params_file is not None:
+            parts += ["--params", params_file]
         return " ".join(parts)
 
     def dep_paths(self, shared_data: str = "${paths.shared_data}") -> list[str]:
@@ -87,6 +101,8 @@ class Stage:
         return data + list(code_deps(self.module))
 
     def resources(self, scale: str) -> Resources:
+        if scale == "small":  # one GPU where the paper uses any (or a judge model may run), else as the paper
+            return SMALL_GPU if self.paper.gpus or self.module in JUDGE_MODULES else self.paper
         return self.paper if scale == "paper" else self.tiny
 
 
@@ -102,6 +118,30 @@ SIM_VS_HUMAN_CSV = "results/sim_vs_human.csv"
 PLOT_PROPS = {
     SIM_VS_HUMAN_CSV: {"template": "scatter", "x": "sim_win_rate", "y": "human_win_rate", "title": "Win rate: simulated vs human world"},
 }
+# Every training stage writes its training curve (afarm.curves: a row per step) to CURVES/<stage>.csv,
+# declared as a plot of CURVE_Y against `step`, so `dvc plots diff` compares two runs' curves (any other
+# column: `dvc plots show CURVES/<stage>.csv -y <column>`). PPO and Quark also draw a PNG there.
+CURVES = "results/curves"
+CURVE_Y = {"ppo": "score", "quark": "score"}  # the RL loops: mean reward-model score of the rollouts; else "loss"
+
+
+def curve_path(stage: str, suffix: str = ".csv") -> str:
+    return f"{CURVES}/{stage}{suffix}"
+
+
+def curve(stage: str) -> dict[str, str]:
+    """The ``plots`` entry of a training stage: its curve CSV (flag ``--log``)."""
+    return {"log": curve_path(stage)}
+
+
+def plot_props(stage: Stage, path: str) -> dict:
+    """The plot properties of ``path``, a plot of ``stage`` (none for an image)."""
+    if path in PLOT_PROPS:
+        return PLOT_PROPS[path]
+    if path == curve_path(stage.name):
+        y = CURVE_Y.get(stage.module, "loss")
+        return {"template": "linear", "x": "step", "y": y, "title": f"{stage.name}: {y} per step"}
+    return {}
 
 
 def stage_name(name: str) -> str:
@@ -137,7 +177,7 @@ def preference_methods(pset: str) -> list[Stage]:
             deps={"sft": sft, "preference": "data/splits/preference.json"},
             outs={"out": prefs},
             metrics=metrics("preference_data"),
-            params=("scale", "paths", "preference_data"),
+            params=("scale", "judges", "paths", "preference_data"),
             args={"preference_set": pset},
             paper=GPU_GEN,
         ),
@@ -147,6 +187,7 @@ def preference_methods(pset: str) -> list[Stage]:
             deps={"sft": sft, "preferences": prefs},
             outs={"out": rm},
             metrics=metrics("reward_model"),
+            plots=curve(f"reward_model_{pset}"),
             params=("scale", "reward_model"),
             paper=GPU_TRAIN,
         ),
@@ -166,16 +207,18 @@ def preference_methods(pset: str) -> list[Stage]:
             deps={"sft": sft, "reward_model": rm, "unlabeled": unlabeled},
             outs={"out": model_dir(f"expert_iteration_{pset}"), "data": f"data/expert_iteration/{pset}.json"},
             metrics=metrics("expert_iteration"),
-            params=("scale", "expert_iteration"),
+            plots=curve(f"expert_iteration_{pset}"),
+            params=("scale", "expert_iteration", "generate"),  # generate: the folder's generation_config.json
             paper=GPU_TRAIN,
         ),
         Stage(
             f"ppo_{pset}",
             "ppo",
             deps={"sft": sft, "reward_model": rm, "unlabeled": unlabeled},
-            outs={"out": model_dir(f"ppo_{pset}"), "plot": f"results/plots/ppo_{pset}.png", "log": f"results/logs/ppo_{pset}.csv"},
+            outs={"out": model_dir(f"ppo_{pset}")},
             metrics=metrics("ppo"),
-            params=("scale", "ppo"),
+            plots={"plot": curve_path(f"ppo_{pset}", ".png"), **curve(f"ppo_{pset}")},
+            params=("scale", "ppo", "generate"),  # generate: the folder's generation_config.json
             args={"preference_set": pset},
             paper=GPU_TRAIN,
         ),
@@ -183,13 +226,9 @@ def preference_methods(pset: str) -> list[Stage]:
             f"quark_{pset}",
             "quark",
             deps={"sft": sft, "reward_model": rm, "unlabeled": unlabeled, "eval_set": "data/eval_set.json"},
-            outs={
-                "out": model_dir(f"quark_{pset}"),
-                "outputs": outputs_path(f"quark_{pset}"),
-                "plot": f"results/plots/quark_{pset}.png",
-                "log": f"results/logs/quark_{pset}.csv",
-            },
+            outs={"out": model_dir(f"quark_{pset}"), "outputs": outputs_path(f"quark_{pset}")},
             metrics=metrics("quark"),
+            plots={"plot": curve_path(f"quark_{pset}", ".png"), **curve(f"quark_{pset}")},
             params=("scale", "quark", "generate"),
             args={"generator": f"quark_{pset}", "preference_set": pset},
             paper=GPU_TRAIN,
@@ -200,7 +239,8 @@ def preference_methods(pset: str) -> list[Stage]:
             deps={"sft": sft, "preferences": prefs},
             outs={"out": model_dir(f"dpo_{pset}")},
             metrics=metrics("dpo"),
-            params=("scale", "dpo"),
+            plots=curve(f"dpo_{pset}"),
+            params=("scale", "dpo", "generate"),  # generate: the folder's generation_config.json
             paper=GPU_TRAIN,
         ),
         Stage(
@@ -209,7 +249,8 @@ def preference_methods(pset: str) -> list[Stage]:
             deps={"sft": sft, "preferences": prefs, "validation": validation},
             outs={"out": model_dir(f"feedme_{pset}")},
             metrics=metrics("feedme"),
-            params=("scale", "feedme"),
+            plots=curve(f"feedme_{pset}"),
+            params=("scale", "feedme", "generate"),  # generate: the folder's generation_config.json
             paper=GPU_TRAIN,
         ),
         Stage(
@@ -218,7 +259,8 @@ def preference_methods(pset: str) -> list[Stage]:
             deps={"sft": sft, "preferences": prefs, "validation": validation},
             outs={"out": model_dir(f"reward_conditioning_{pset}")},
             metrics=metrics("reward_conditioning"),
-            params=("scale", "reward_conditioning"),
+            plots=curve(f"reward_conditioning_{pset}"),
+            params=("scale", "reward_conditioning", "generate"),  # generate: the folder's generation_config.json
             paper=GPU_TRAIN,
         ),
     ]
@@ -263,7 +305,8 @@ def build_stages() -> list[Stage]:
             deps={"unlabeled": "data/splits/unlabeled.json", "validation": "data/splits/validation.json"},
             outs={"out": model_dir("base_model")},
             metrics={"metrics": "results/metrics/base_model.json"},
-            params=("scale", "base_model"),
+            plots=curve("base_model"),
+            params=("scale", "base_model", "generate"),  # generate: the folder's generation_config.json
             paper=GPU_INFER,
         ),
         Stage(
@@ -276,7 +319,8 @@ def build_stages() -> list[Stage]:
             },
             outs={"out": model_dir("sft")},
             metrics={"metrics": "results/metrics/sft.json"},
-            params=("scale", "sft"),
+            plots=curve("sft"),
+            params=("scale", "sft", "generate"),  # generate: the folder's generation_config.json
             paper=GPU_TRAIN,
         ),
     ]
@@ -292,7 +336,8 @@ def build_stages() -> list[Stage]:
             },
             outs={"out": model_dir("sft_52k")},
             metrics={"metrics": "results/metrics/sft_52k.json"},
-            params=("scale", "sft"),
+            plots=curve("sft_52k"),
+            params=("scale", "sft", "generate"),  # generate: the folder's generation_config.json
             paper=GPU_TRAIN,
         )
     )
@@ -345,7 +390,7 @@ def build_stages() -> list[Stage]:
                     deps={"outputs": outputs, "eval_set": "data/eval_set.json"},
                     outs={"out": annotations_path(pset, generator)},
                     metrics={"metrics": f"results/metrics/annotate/{pset}/{generator}.json"},
-                    params=("scale", "paths", "annotate"),
+                    params=("scale", "judges", "paths", "annotate"),
                     args={"preference_set": pset},
                 )
             )
@@ -360,7 +405,7 @@ def build_stages() -> list[Stage]:
                     "plot": f"results/leaderboard_{pset}.png",
                 },
                 metrics={"metrics": f"results/metrics/leaderboard_{pset}.json"},
-                params=("scale", "leaderboard"),
+                params=("scale", "judges", "leaderboard"),
                 args={"preference_set": pset},
             )
         )
@@ -404,7 +449,7 @@ def build_stages() -> list[Stage]:
             outs={"markdown": "results/sim_vs_human.md", "plot": "results/sim_vs_human.png"},
             metrics={"metrics": "results/metrics/sim_vs_human.json"},
             plots={"csv": SIM_VS_HUMAN_CSV},
-            params=("scale", "leaderboard", "sim_vs_human"),
+            params=("scale", "judges", "leaderboard", "sim_vs_human"),
             # the shared rows our training stages produce; with the method rows, the "trained rows"
             args={"trained_shared": tuple(shared)},
         ),
@@ -418,7 +463,7 @@ def build_stages() -> list[Stage]:
                 "plot": "results/annotators/analysis.png",
             },
             metrics={"metrics": "results/metrics/analyze_annotators.json"},
-            params=("scale", "paths", "analyze_annotators"),
+            params=("scale", "judges", "paths", "analyze_annotators"),
         ),
         Stage(
             "report",
@@ -436,7 +481,7 @@ def build_stages() -> list[Stage]:
                 **{f"method_health_{pset}": method_health_path(pset, "md") for pset in PREFERENCE_SETS},
             },
             outs={"out": "results/REPORT.md"},
-            params=("scale", "data", "base_model", "report"),
+            params=("scale", "judges", "data", "base_model", "report"),
         ),
     ]
     return stages
@@ -521,7 +566,7 @@ def dvc_yaml() -> str:
         if stage.metrics:
             entry["metrics"] = [{path: {"cache": False}} for path in stage.metrics.values()]
         if stage.plots:
-            entry["plots"] = [{path: {**PLOT_PROPS.get(path, {}), "cache": False}} for path in stage.plots.values()]
+            entry["plots"] = [{path: {**plot_props(stage, path), "cache": False}} for path in stage.plots.values()]
         stages[stage.name] = entry
     header = "# GENERATED from src/afarm/dag.py by `python -m afarm.dag --write`. Do not edit by hand.\n"
     return header + yaml.safe_dump({"stages": stages}, sort_keys=False, width=1000)

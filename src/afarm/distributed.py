@@ -297,10 +297,11 @@ def full_state_dict(model) -> dict | None:
     return state
 
 
-def save_model(model, tokenizer, path, extra_files: dict[str, str] | None = None) -> None:
+def save_model(model, tokenizer, path, extra_files: dict[str, str] | None = None, generation_config=None) -> None:
     """Write the gathered model and its tokenizer as an ordinary Hugging Face folder (rank 0,
-    atomically), plus ``extra_files`` (name -> text); then every rank waits for it. With one
-    unsharded model the bytes are those of ``afarm.models.lm.save_model``."""
+    atomically), plus ``extra_files`` (name -> text) and ``generation_config`` (a transformers
+    ``GenerationConfig``, replacing the model's own); then every rank waits for it. Stages save
+    through ``afarm.models.lm.save_model``, which describes the folder and calls this."""
     from afarm.io import atomic_dir
 
     state = full_state_dict(model)
@@ -311,6 +312,8 @@ def save_model(model, tokenizer, path, extra_files: dict[str, str] | None = None
             else:
                 model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
+            if generation_config is not None:
+                generation_config.save_pretrained(tmp)
             for name, text in (extra_files or {}).items():
                 (tmp / name).write_text(text, encoding="utf-8")
     barrier()

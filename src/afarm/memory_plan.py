@@ -33,6 +33,11 @@ heads; micro-batch ``b`` sequences of ``s`` tokens; ``N`` devices; ``P`` a model
 * Generation: the KV cache ``2 * L * b * s * h_kv * 2`` bytes (K and V, bf16, ``s`` = prompt +
   new tokens), a workspace of one layer's activations ``A`` (the prefill is the largest forward),
   and for PPO the logits of the policy and the reference over the rollout (``2 x 6*s*b*V``).
+* Local judges (``local_hf`` annotators, the small scale's open judge; pool members included): the
+  stages that judge (annotate, analyze_annotators, preference_data) load the judge whole in its dtype
+  (``2P`` in bf16) for a "judging" phase, with one no-cache forward of ``batch_size`` prompts of
+  ``max_length`` tokens: one layer's workspace ``A`` and the logits ``b*s*V`` in the judge's dtype.
+  preference_data frees its sampler before loading the judge, but the plan keeps both (an upper bound).
 * Total = persistent rows (parameters, gradients, optimizer state) + the largest phase (training
   step, rollout, generation, scoring). ``fits`` when the total is at most ``memory_gb``; an
   "80 GB" A100 has 81920 MiB = 85.9e9 bytes, so planning against 80e9 leaves about 5.9 GB for the
@@ -62,15 +67,18 @@ class Arch:
     num_heads: int  # num_attention_heads
     num_kv_heads: int | None = None  # num_key_value_heads (None: = num_heads)
     tie_word_embeddings: bool = False  # tie_word_embeddings (LLaMA: False)
+    attention_bias: bool = False  # biases on q, k, v (LLaMA: none; Qwen2: always, model_type "qwen2")
 
     @property
     def kv_dim(self) -> int:
         return self.hidden_size * (self.num_kv_heads or self.num_heads) // self.num_heads
 
     def layer_params(self) -> int:
-        """q and o (h x h each), k and v (h x h_kv each), gate/up/down (3 x h x i), two RMSNorm weights."""
+        """q and o (h x h each), k and v (h x h_kv each), gate/up/down (3 x h x i), two RMSNorm weights,
+        and the q, k, v biases where the architecture has them (h + 2 h_kv)."""
         h = self.hidden_size
-        return 2 * h * h + 2 * h * self.kv_dim + 3 * h * self.intermediate_size + 2 * h
+        bias = h + 2 * self.kv_dim if self.attention_bias else 0
+        return 2 * h * h + 2 * h * self.kv_dim + 3 * h * self.intermediate_size + 2 * h + bias
 
     def root_params(self, head: str = "lm") -> int:
         """Parameters outside the decoder layers: embeddings, final norm and the head (an untied LM
@@ -87,6 +95,12 @@ class Arch:
 KNOWN_ARCHS = {
     # huggyllama/llama-7b config.json; LLaMA paper (Touvron et al. 2023) Table 2 for the 7B model
     "huggyllama/llama-7b": Arch(hidden_size=4096, num_layers=32, intermediate_size=11008, vocab_size=32000, num_heads=32),
+    # the small scale's base model, Qwen/Qwen2.5-0.5B config.json: 494,032,768 parameters (tied embeddings)
+    "Qwen/Qwen2.5-0.5B": Arch(hidden_size=896, num_layers=24, intermediate_size=4864, vocab_size=151936, num_heads=14,
+                              num_kv_heads=2, tie_word_embeddings=True, attention_bias=True),
+    # the small scale's open judge, Qwen/Qwen2.5-7B-Instruct config.json: 7,615,616,512 parameters
+    "Qwen/Qwen2.5-7B-Instruct": Arch(hidden_size=3584, num_layers=28, intermediate_size=18944, vocab_size=152064, num_heads=28,
+                                     num_kv_heads=4, tie_word_embeddings=False, attention_bias=True),
 }
 
 
@@ -99,11 +113,15 @@ def arch_from_config(config: dict[str, Any]) -> Arch:
         num_heads=int(config["num_attention_heads"]),
         num_kv_heads=config.get("num_key_value_heads"),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        attention_bias=bool(config.get("attention_bias", config.get("model_type") == "qwen2")),
     )
 
 
 def load_arch(name_or_path: str | Path) -> Arch:
     """The architecture of a local model folder (its config.json), else of a known hub id."""
+    from afarm.models.hub import split_revision
+
+    name_or_path = split_revision(str(name_or_path))[0]  # the architecture does not depend on the revision
     path = Path(name_or_path)
     config_file = path / "config.json"
     if config_file.is_file():
@@ -171,6 +189,8 @@ class Plan:
     generation_batch: int = 0
     generation_len: int = 0
     rows: list[Row] = field(default_factory=list)
+    judge_batch: int = 0  # prompts x tokens of a local judge's forward (0: no local judge)
+    judge_len: int = 0
     activations_full: int = 0  # the training activations without / with checkpointing (both reported)
     activations_checkpointed: int = 0
 
@@ -212,6 +232,8 @@ class Plan:
             shape.append(f"micro-batch {self.micro_batch} x {self.seq_len} tokens, gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}")
         if self.generation_batch:
             shape.append(f"generation {self.generation_batch} x {self.generation_len} tokens")
+        if self.judge_batch:
+            shape.append(f"judge {self.judge_batch} x {self.judge_len} tokens")
         return (
             f"stage '{self.stage}' needs {self.total_gb:.1f} GB per device, {self.memory_gb:g} GB available "
             f"({self.devices} x {self.memory_gb:g} GB, {', '.join(shape)}): {verdict}; largest GB: {parts}"
@@ -329,6 +351,30 @@ def plan(
     return p
 
 
+@dataclass(frozen=True)
+class Judge:
+    """A local judge model a stage loads (an annotator config of backend ``local_hf``)."""
+
+    name: str
+    model: str  # the config's model_path: a local folder or a (pinned) hub id
+    arch: Arch
+    batch_size: int
+    max_length: int
+    dtype_bytes: int  # 4 for float32, else 2 (bf16 / fp16; a judge saved in bf16 when dtype is unset)
+
+
+def add_judges(p: Plan, judges: list["Judge"]) -> Plan:
+    """Add the rows of ``judges`` loaded together (a pool's members) to plan ``p`` (phase "judging")."""
+    for j in judges:
+        p.rows.append(Row("judge parameters", j.dtype_bytes * j.arch.num_params(), "judging", f"{j.name}: whole, {j.dtype_bytes} bytes x P"))
+        b, s = j.batch_size, j.max_length
+        p.rows.append(Row("workspace", layer_activations(j.arch, b, s), "judging", f"{j.name}: one layer's activations at {b} x {s}"))
+        p.rows.append(Row("logits", j.dtype_bytes * b * s * j.arch.vocab_size, "judging", f"{j.name}: {b} x {s} x V logits"))
+    if judges:
+        p.judge_batch, p.judge_len = max(j.batch_size for j in judges), max(j.max_length for j in judges)
+    return p
+
+
 def check(stage_kind: str, arch: Arch, path: str = "params.yaml", **kwargs: Any) -> Plan:
     """``plan(...)``, raising ``PlanError`` when it does not fit."""
     result = plan(stage_kind, arch, **kwargs)
@@ -338,7 +384,8 @@ def check(stage_kind: str, arch: Arch, path: str = "params.yaml", **kwargs: Any)
 
 
 def markdown_table(plans: list[Plan]) -> str:
-    """One line per plan: the rows in GB, activations with and without checkpointing, the verdict."""
+    """One line per plan: the rows in GB (parameters include a local judge's), activations with and without
+    checkpointing, the verdict."""
     def gb(x: int) -> str:
         return f"{x / GB:.1f}" if x else "-"
 
@@ -351,7 +398,7 @@ def markdown_table(plans: list[Plan]) -> str:
         gen = sum(r.bytes for r in p.rows if r.phase == peak and r.name in ("KV cache", "logits", "workspace"))
         acts = f"{gb(p.activations_full)} / {gb(p.activations_checkpointed)}" if p.activations_full else "-"
         lines.append(
-            f"| {p.stage} | {p.devices} x {p.memory_gb:g} GB | {gb(p.get('parameters'))} | {gb(p.get('gradients'))} | {gb(p.get('optimizer state'))} "
+            f"| {p.stage} | {p.devices} x {p.memory_gb:g} GB | {gb(p.get('parameters') + p.get('judge parameters'))} | {gb(p.get('gradients'))} | {gb(p.get('optimizer state'))} "
             f"| {gb(p.get('FSDP buffers', peak))} | {acts} | {gb(gen)} | {peak} | {p.total_gb:.1f} | {'yes' if p.fits else '**no**'} |"
         )
     return "\n".join(lines)
@@ -411,6 +458,56 @@ def stage_inputs(module: str, params: dict) -> dict[str, Any]:
     raise KeyError(module)
 
 
+# Stage modules that load annotators, and the params key naming them.
+JUDGE_STAGES = {"annotate": "annotators", "preference_data": "annotators", "analyze_annotators": "annotators"}
+LOCAL_BACKENDS = ("local_hf",)
+BUILTIN_CONFIGS = Path(__file__).resolve().parent / "annotators" / "configs"  # afarm.annotators.registry.BUILTIN_CONFIGS
+
+
+def _judge_names(module: str, params: dict) -> tuple[list[str], list[Path]]:
+    sec = _resolved(params, module)
+    value = sec.get(JUDGE_STAGES[module]) or {}
+    names = list(value.values()) if isinstance(value, dict) else list(value)
+    return [n for n in names if n], [Path(d) for d in sec.get("config_dirs") or []]
+
+
+def _load_judges(name: str, dirs: list[Path], shared_data: str, where: str) -> list[Judge]:
+    """The local judges annotator ``name`` loads at once: itself, or a pool's local members."""
+    import yaml
+
+    # as afarm.annotators.registry.find_config (not imported: a stage's code dependencies, found from its
+    # imports, would then include every annotator backend)
+    found = [d / name / "config.yaml" for d in [*dirs, BUILTIN_CONFIGS] if (d / name / "config.yaml").is_file()]
+    if not found:
+        raise InputError(where, f"memory plan: unknown annotator {name!r} (looked in {', '.join(str(d) for d in [*dirs, BUILTIN_CONFIGS])})")
+    path = found[0]
+    spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    settings = spec.get("settings") or {}
+    fill = lambda v: v.format(shared_data=shared_data, config_dir=str(path.parent)) if isinstance(v, str) else v  # noqa: E731
+    if spec.get("backend") in LOCAL_BACKENDS:
+        model = fill(settings["model_path"])
+        arch = load_arch(model)
+        dtype = settings.get("dtype")
+        return [Judge(name, model, arch, int(settings.get("batch_size", 8)), int(settings.get("max_length", 2048)), 4 if dtype == "float32" else 2)]
+    if spec.get("backend") == "pool":  # members from the members file are API judges; folders may be local
+        listed = set()
+        if settings.get("members_file"):
+            listed = set(yaml.safe_load(Path(fill(settings["members_file"])).read_text(encoding="utf-8")) or {})
+        member_dirs = [Path(fill(d)) for d in settings.get("member_config_dirs") or []]
+        return [j for m in settings.get("members") or [] if m not in listed for j in _load_judges(m, member_dirs, shared_data, where)]
+    return []
+
+
+def stage_judges(module: str, params: dict) -> list[list[Judge]]:
+    """For each annotator stage ``module`` may load (by params), the local judges it holds at once."""
+    if module not in JUDGE_STAGES:
+        return []
+    names, dirs = _judge_names(module, params)
+    shared = _resolved(params, "paths").get("shared_data", "")
+    where = params.get("_path", "params.yaml")
+    return [found for n in dict.fromkeys(names) if (found := _load_judges(n, dirs, shared, where))]
+
+
 def stage_arch(params: dict, model_dir: str | Path | None = None) -> Arch:
     """The stage's model: ``model_dir``'s config.json when given, else ``base_model.model``: its
     ``pretrained`` folder or known hub id, or (tiny, from scratch) its architecture keys."""
@@ -433,12 +530,31 @@ def check_stage(module: str, params: dict, devices: int = 8, memory_gb: float = 
     """Plan stage ``module`` (``afarm.stages.<module>``) from ``params`` (as ``afarm.config.load_params``
     returns it) on ``devices`` x ``memory_gb``; raise ``PlanError`` if it does not fit. ``None`` for a
     stage that holds no model (data, annotate, ...). ``gradient_checkpointing`` overrides params."""
-    if module not in STAGE_MODELS:
+    result = stage_plan(module, params, devices, memory_gb, model_dir, gradient_checkpointing)
+    if result is not None and not result.fits:
+        raise PlanError(result, params.get("_path", "params.yaml"))
+    return result
+
+
+def stage_plan(module: str, params: dict, devices: int = 1, memory_gb: float = 80.0, model_dir: str | Path | None = None,
+               gradient_checkpointing: bool | None = None) -> Plan | None:
+    """The plan of stage ``module`` (its models, and the largest set of local judges it may load), fitting or
+    not; ``None`` for a stage that holds no model."""
+    judge_sets = stage_judges(module, params)
+    if module not in STAGE_MODELS and not judge_sets:
         return None
-    kwargs = stage_inputs(module, params)
-    if gradient_checkpointing is not None:
-        kwargs["gradient_checkpointing"] = gradient_checkpointing
-    return check(module, stage_arch(params, model_dir), params.get("_path", "params.yaml"), devices=devices, memory_gb=memory_gb, **kwargs)
+    if module in STAGE_MODELS:
+        kwargs = stage_inputs(module, params)
+        if gradient_checkpointing is not None:
+            kwargs["gradient_checkpointing"] = gradient_checkpointing
+        result = plan(module, stage_arch(params, model_dir), devices=devices, memory_gb=memory_gb, **kwargs)
+    else:
+        result = Plan(module, judge_sets[0][0].arch, devices, memory_gb, 0, 1, False)
+    if judge_sets:  # the largest set of judges the stage may load (annotate: one world's judge per run)
+        largest = max(judge_sets, key=lambda js: add_judges(Plan(module, js[0].arch, 1, memory_gb, 0, 1, False), js).total_bytes)
+        result.arch = result.arch if module in STAGE_MODELS else largest[0].arch
+        add_judges(result, largest)
+    return result
 
 
 def paper_plans(params: dict, memory_gb: float = 80.0, device_counts: tuple[int, ...] = (8, 4, 1)) -> list[Plan]:
@@ -447,6 +563,27 @@ def paper_plans(params: dict, memory_gb: float = 80.0, device_counts: tuple[int,
     arch = stage_arch(params)
     return [plan(kind, arch, devices=n, memory_gb=memory_gb, **stage_inputs(kind, params))
             for kind in STAGE_MODELS for n in device_counts]
+
+
+# Stage modules the small scale plans: every model-holding kind, and the judging stages.
+SMALL_MODULES = (*STAGE_MODELS, "annotate", "analyze_annotators")
+
+
+def scale_plans(params: dict, scale: str = "small", judges: str = "local", memory_gb: float | None = None) -> list[Plan]:
+    """The plan of every stage at ``scale`` on the devices the stage table gives it (small: 1 GPU each)
+    and ``memory_gb`` (default: params' ``launch.device_memory_gb`` at that scale); stages holding no model
+    at that scale are left out."""
+    from afarm.stages import _launch
+
+    params = {**params, "scale": scale, "judges": judges}
+    memory = memory_gb if memory_gb is not None else _launch.launch_config(params).device_memory_gb or 80.0
+    plans = [stage_plan(m, params, devices=_launch.processes(m, params), memory_gb=memory) for m in SMALL_MODULES]
+    return [p for p in plans if p is not None]
+
+
+def smallest_device_gb(plans: list[Plan]) -> float:
+    """The memory one device needs so that every plan fits: the largest total, in GB."""
+    return max(p.total_gb for p in plans)
 
 
 def fit_summary(params: dict, memory_gb: float = 80.0) -> str:
@@ -460,4 +597,5 @@ def fit_summary(params: dict, memory_gb: float = 80.0) -> str:
     return "\n".join(rows)
 
 
-__all__ = ["fit_summary", "paper_plans", "Arch", "KNOWN_ARCHS", "Plan", "PlanError", "Row", "check", "check_stage", "load_arch", "markdown_table", "plan"]
+__all__ = ["fit_summary", "paper_plans", "scale_plans", "smallest_device_gb", "stage_plan", "stage_judges", "Arch", "Judge",
+           "KNOWN_ARCHS", "Plan", "PlanError", "Row", "check", "check_stage", "load_arch", "markdown_table", "plan"]

@@ -34,7 +34,9 @@ from afarm.annotators.openai_backend import chatml_to_messages, check_template, 
 
 @dataclass
 class LocalHFConfig:
-    model_path: str  # folder of a causal LM + tokenizer (e.g. written by afarm.models.lm.save_model)
+    # folder of a causal LM + tokenizer (e.g. written by afarm.models.lm.save_model), or a hub id, pinned
+    # as `<hub id>@<commit>` (afarm.models.hub; the small scale's judge)
+    model_path: str
     prompt_template: str  # path of a one-pair prompt file with {instruction} {output_1} {output_2}
     # answers meaning "output_1 better" then "output_2 better"; upstream's weighted judge uses m / M
     answer_tokens: list[str] = field(default_factory=lambda: ["m", "M"])
@@ -83,7 +85,8 @@ class LocalHFAnnotator(Annotator):
             self.answer_ids.append(ids[0])  # the first token decides, as a one-token answer
         if self.answer_ids[0] == self.answer_ids[1]:
             raise ValueError(f"answers {cfg.answer_tokens} start with the same token")
-        self._digest = _folder_digest(Path(cfg.model_path))
+        # a local folder is identified by its bytes; a pinned hub reference by its commit
+        self._digest = _folder_digest(Path(cfg.model_path)) if Path(cfg.model_path).exists() else cfg.model_path
 
     def config(self) -> dict[str, Any]:
         return {
@@ -131,7 +134,8 @@ class LocalHFAnnotator(Annotator):
         for row, ids in enumerate(encoded):  # right padding: causal attention never sees it
             input_ids[row, : len(ids)] = torch.tensor(ids)
             mask[row, : len(ids)] = 1
-        logits = self.model(input_ids=input_ids.to(self.cfg.device), attention_mask=mask.to(self.cfg.device)).logits
+        # use_cache=False: one forward, no KV cache to keep (the memory plan counts logits and one layer)
+        logits = self.model(input_ids=input_ids.to(self.cfg.device), attention_mask=mask.to(self.cfg.device), use_cache=False).logits
         last = torch.tensor([len(ids) - 1 for ids in encoded], device=logits.device)
         final = logits[torch.arange(len(encoded), device=logits.device), last].float().log_softmax(-1)
         chosen = final[:, self.answer_ids].cpu().tolist()

@@ -183,7 +183,7 @@ def train_dpo(policy, reference, tokenizer, preferences: Sequence[dict], cfg: DP
 
     ``preferences`` are records of the preference format (instruction, input, output_1, output_2,
     preference). Returns per-step lists ``losses``, ``reward_margins``, ``accuracies``,
-    ``chosen_rewards``, ``rejected_rewards``, ``learning_rates``, and ``eval_before`` /
+    ``chosen_rewards``, ``rejected_rewards``, ``learning_rates``, ``grad_norms`` (total, before clipping), and ``eval_before`` /
     ``eval_after`` (see ``evaluate_pairs``) on the held-out pairs, plus counts and ``seconds``.
     """
     with torch_threads(cfg.train.num_threads):
@@ -217,7 +217,7 @@ def _train_dpo(policy, reference, tokenizer, preferences, cfg: DPOConfig) -> dic
     policy.train()
     device = distributed.device()
 
-    log = {k: [] for k in ("losses", "reward_margins", "accuracies", "chosen_rewards", "rejected_rewards", "learning_rates")}
+    log = {k: [] for k in ("losses", "reward_margins", "accuracies", "chosen_rewards", "rejected_rewards", "learning_rates", "grad_norms")}
     start = time.perf_counter()
     bar = tqdm(steps[:num_steps], desc="dpo", disable=not (tc.show_progress and distributed.is_main()))
     for step_rows in bar:
@@ -235,7 +235,7 @@ def _train_dpo(policy, reference, tokenizer, preferences, cfg: DPOConfig) -> dic
             values = [loss.detach(), margin.mean(), (margin > 0).float().mean(), chosen.mean(), rejected.mean()]
             step += torch.stack([v.float().cpu() for v in values]) / divisor
         log["learning_rates"].append(scheduler.get_last_lr()[0])
-        distributed.optimizer_step(policy, optimizer, scheduler, tc.max_grad_norm)
+        log["grad_norms"].append(distributed.optimizer_step(policy, optimizer, scheduler, tc.max_grad_norm))
         step = distributed.mean_across_ranks(step.tolist())
         for key, value in zip(("losses", "reward_margins", "accuracies", "chosen_rewards", "rejected_rewards"), step):
             log[key].append(value)

@@ -626,7 +626,7 @@ def _train_ppo(policy, ref_policy, value_model, reward_fn, tokenizer, prompts, c
             "entropy": masked_mean(batch["entropies"], mask).item(),
             "ref_entropy": masked_mean(batch["ref_entropies"], mask).item(),
             "response_length": mask.sum(1).mean().item(),
-            "lr": lr,
+            "learning_rate": lr,
             **{k: sum(d[k] for d in train_stats) / len(train_stats) for k in train_stats[0]},
             "seconds": time.perf_counter() - start_time,
             "example_response": texts[0],

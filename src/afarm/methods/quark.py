@@ -320,8 +320,8 @@ def _train_quark(policy, ref_policy, reward_fn, tokenizer, prompts, cfg: QuarkCo
                     loss, stats = quark_loss(policy, ref_policy, batch, cfg, vocab_size)
                     (loss / divisor).backward()
                 step_stats.append(stats)
-            distributed.optimizer_step(policy, optimizer, None, cfg.max_grad_norm)  # schedule: once per Quark step, below
-            train_stats.append(mean_stats(step_stats))
+            grad_norm = distributed.optimizer_step(policy, optimizer, None, cfg.max_grad_norm)  # schedule: once per Quark step, below
+            train_stats.append(mean_stats(step_stats) | {"grad_norm": grad_norm})
         scheduler.step()
         policy.eval()
         log.append(
@@ -332,7 +332,7 @@ def _train_quark(policy, ref_policy, reward_fn, tokenizer, prompts, cfg: QuarkCo
                 **{k: sum(s[k] for s in train_stats) / len(train_stats) for k in train_stats[0]},
                 "response_length": sum(map(len, response_ids)) / len(response_ids),
                 "num_train_examples": len(examples),
-                "lr": lr,
+                "learning_rate": lr,
                 "seconds": time.perf_counter() - start_time,
                 "example_response": texts[0],
             }

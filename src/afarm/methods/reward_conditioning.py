@@ -8,22 +8,23 @@ recipe (``examples/scripts/sft.sh``; upstream ships no separate script for this 
 
 The control tokens are added to the tokenizer as special tokens (one id each; the embedding
 matrix grows if needed, new rows seeded), and the prompt becomes ``<token> + prompt``, right
-after BOS. The trained model folder records the positive token in ``prompt_prefix.txt``
-(``afarm.models.generate.PROMPT_PREFIX_FILE``), which the generic ``generate`` stage puts in
-front of every prompt, so generation needs no method-specific code.
+after BOS. The trained model folder records the positive token in its chat template
+(``afarm.models.lm.save_model`` with the card's ``prompt_prefix``), which the generic ``generate``
+stage renders every prompt with, so generation needs no method-specific code.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
-from afarm import distributed
 from afarm.methods.dpo import preference_pairs
-from afarm.models.generate import PROMPT_PREFIX_FILE
+from afarm.models.card import ModelCard
+from afarm.models.lm import save_model
 from afarm.models.train import TrainConfig, train_causal_lm
 
 
@@ -66,6 +67,7 @@ def train_reward_conditioning(model, tokenizer, preferences: Sequence[dict], cfg
     return {**stats, "dropped_ties": ties}
 
 
-def save_conditioned_model(model, tokenizer, path: str | os.PathLike, cfg: RewardConditioningConfig) -> None:
-    """Write model, tokenizer and the generation prefix (the positive token) to folder ``path`` atomically."""
-    distributed.save_model(model, tokenizer, path, extra_files={PROMPT_PREFIX_FILE: cfg.positive_token})
+def save_conditioned_model(model, tokenizer, path: str | os.PathLike, cfg: RewardConditioningConfig, card: ModelCard | None = None) -> None:
+    """Write the model folder ``path`` with the positive token as its control token (in the chat template)."""
+    card = card or ModelCard(method="reward_conditioning")
+    save_model(model, tokenizer, path, dataclasses.replace(card, prompt_prefix=cfg.positive_token))

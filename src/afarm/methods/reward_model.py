@@ -40,7 +40,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from afarm import distributed
 from afarm.data.preferences import chosen_rejected
-from afarm.models.lm import check_model_folder, torch_threads
+from afarm.models.lm import check_model_folder, save_model, torch_threads
 from afarm.models.prompts import format_prompt
 from afarm.models.train import optimizer_steps, tokenize_example, training_order
 
@@ -188,7 +188,7 @@ def train_reward_model(sft_path_or_model, tokenizer, preferences: list[dict], cf
     """Train a reward model on ``preferences`` (records of ``afarm.data.preferences``); return (model, stats).
 
     ``stats``: per-step ``losses``, ``accuracies`` (train micro-batch pair accuracy averaged per
-    step) and ``learning_rates``; ``eval_before`` / ``eval_after`` (held-out ``accuracy``,
+    step), ``learning_rates`` and ``grad_norms`` (total, before clipping); ``eval_before`` / ``eval_after`` (held-out ``accuracy``,
     ``loss``, ``num_pairs``; None when ``eval_size`` is 0); ``num_train_pairs``,
     ``ties_dropped``, ``num_steps``, ``seconds``.
     """
@@ -226,7 +226,7 @@ def _train(model, tokenizer, pairs, cfg: RewardModelConfig) -> dict:
     model.train()
     device = distributed.device()
 
-    losses, accuracies, learning_rates, start = [], [], [], time.perf_counter()
+    losses, accuracies, learning_rates, grad_norms, start = [], [], [], [], time.perf_counter()
     bar = tqdm(steps[:num_steps], desc="reward model", disable=not (cfg.show_progress and distributed.is_main()))
     for step in bar:
         share = distributed.step_share(step)  # this rank's micro-batches, each with its loss divisor
@@ -242,13 +242,13 @@ def _train(model, tokenizer, pairs, cfg: RewardModelConfig) -> dict:
             step_loss += loss.detach() / divisor
             step_acc += (chosen > rejected).float().mean().detach() / divisor
         learning_rates.append(scheduler.get_last_lr()[0])
-        distributed.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+        grad_norms.append(distributed.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm))
         step_loss, step_acc = distributed.mean_across_ranks([float(step_loss), float(step_acc)])
         losses.append(step_loss)
         accuracies.append(step_acc)
         bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{accuracies[-1]:.2f}")
     model.eval()
-    return {"losses": losses, "accuracies": accuracies, "learning_rates": learning_rates, "num_steps": len(losses),
+    return {"losses": losses, "accuracies": accuracies, "learning_rates": learning_rates, "grad_norms": grad_norms, "num_steps": len(losses),
             "seconds": time.perf_counter() - start}
 
 
@@ -273,10 +273,10 @@ def evaluate_pairs(model, tokenizer, pairs: Sequence[tuple[list[int], list[int]]
 # ---------------------------------------------------------------- save, load, score
 
 
-def save_reward_model(model: PreTrainedModel, tokenizer, path: str | os.PathLike) -> None:
-    """Write model (safetensors) and tokenizer to folder ``path`` atomically (as ``save_model``; a sharded
-    model is gathered and written by rank 0)."""
-    distributed.save_model(model, tokenizer, path)
+def save_reward_model(model: PreTrainedModel, tokenizer, path: str | os.PathLike, card=None) -> None:
+    """Write model (safetensors), tokenizer and ``card`` to folder ``path`` atomically with
+    ``afarm.models.lm.save_model`` (a sharded model is gathered and written by rank 0)."""
+    save_model(model, tokenizer, path, card)
 
 
 def load_reward_model(path: str | os.PathLike) -> tuple[PreTrainedModel, object]:

@@ -29,7 +29,6 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -37,10 +36,6 @@ from tqdm.auto import tqdm
 
 from afarm import distributed
 from afarm.models.lm import load_model, torch_threads
-
-# Optional file in a model folder: text to put in front of every prompt at generation time
-# (written by methods that condition on a control token, e.g. binary reward conditioning).
-PROMPT_PREFIX_FILE = "prompt_prefix.txt"
 
 log = logging.getLogger("afarm.models.generate")
 
@@ -62,12 +57,6 @@ class GenerationConfig:
     # paper: bfloat16, as upstream inference/decode.py loads its decoder in the dtype of its
     # ``mixed_precision`` argument (bf16 / fp16) -- half the memory and time of float32.
     dtype: str | None = None
-
-
-def prompt_prefix(model_dir: str | os.PathLike) -> str:
-    """The text a model folder asks to put before every prompt (``PROMPT_PREFIX_FILE``; "" if absent)."""
-    path = Path(model_dir) / PROMPT_PREFIX_FILE
-    return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 
 def load_for_generation(path: str | os.PathLike, cfg: GenerationConfig) -> tuple[object, object]:

@@ -23,8 +23,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass
 class ModelConfig:
-    # Local folder or hub id of a causal LM; None builds the architecture below from scratch.
-    # Paper: LLaMA-7B (AlpacaFarm section 5); hub ids need network, so stages pass a local path.
+    # Local folder or hub id of a causal LM, ``<hub id>@<revision>`` to pin a commit (afarm.models.hub);
+    # None builds the architecture below from scratch. Paper: LLaMA-7B (AlpacaFarm section 5).
     pretrained: str | None = None
     # Architecture of the from-scratch model: our tiny-scale choices (about 1M parameters with a
     # 2048-token vocabulary; LLaMA-7B is 32000 / 4096 / 32 / 32 / 11008 / 2048).
@@ -49,7 +49,10 @@ def build_model(cfg: ModelConfig, tokenizer) -> PreTrainedModel:
     """A causal LM for ``tokenizer``: loaded from ``cfg.pretrained``, or a fresh seeded Llama."""
     dtype = _dtype(cfg.dtype)
     if cfg.pretrained:
-        model = AutoModelForCausalLM.from_pretrained(cfg.pretrained, dtype=dtype)
+        from afarm.models.hub import pretrained_kwargs
+
+        name, revision = pretrained_kwargs(cfg.pretrained)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **revision)
         if tokenizer.pad_token_id is not None and model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # e.g. a pad token was added
@@ -80,16 +83,26 @@ def build_model(cfg: ModelConfig, tokenizer) -> PreTrainedModel:
     return model
 
 
-def save_model(model: PreTrainedModel, tokenizer, path: str | os.PathLike) -> None:
-    """Write model (safetensors) and tokenizer to folder ``path`` atomically.
+def save_model(model: PreTrainedModel, tokenizer, path: str | os.PathLike, card=None) -> None:
+    """Write model (safetensors) and tokenizer to folder ``path`` atomically, self-described.
 
-    The bytes depend only on the weights, config and tokenizer (no timestamps), so identical
-    weights give identical files. A model sharded over several processes is gathered and
-    written by rank 0 (``afarm.distributed.save_model``).
+    The one function every stage saves a model folder with. Besides weights, config and tokenizer
+    the folder gets the prompt template as the tokenizer's chat template (with ``card.prompt_prefix``,
+    the control token, in front), left padding, and with a ``card`` (``afarm.models.card.ModelCard``)
+    its ``generation_config.json`` (``card.generation``) and ``README.md``
+    (``afarm.models.card``). ``tokenizer`` is given the chat template and left padding in place.
+
+    The bytes depend only on the weights, config, tokenizer and card (no timestamps), so identical
+    inputs give identical files. A model sharded over several processes is gathered and written by
+    rank 0 (``afarm.distributed.save_model``).
     """
     from afarm import distributed
+    from afarm.models.card import describe_tokenizer, folder_files, generation_config
 
-    distributed.save_model(model, tokenizer, path)
+    describe_tokenizer(tokenizer, card.prompt_prefix if card is not None else "")
+    generation = card.generation if card is not None else None
+    distributed.save_model(model, tokenizer, path, extra_files=folder_files(card),
+                           generation_config=generation_config(tokenizer, generation) if generation is not None else None)
 
 
 def check_model_folder(path: str | os.PathLike) -> None:
@@ -114,12 +127,16 @@ def load_model(path: str | os.PathLike, dtype: str | None = None, device: torch.
     ``device``: a GPU to load the weights straight onto (no full copy in CPU memory first, as
     upstream inference/decode.py's ``device_map``); None or the CPU loads into CPU memory.
     """
+    from afarm.models.hub import pretrained_kwargs
+
     check_model_folder(path)
+    path, revision = pretrained_kwargs(str(path))  # a hub reference (e.g. a judge model) may pin a revision
     kwargs = {"dtype": _dtype(dtype)} if dtype else {"dtype": "auto"}
+    kwargs.update(revision)
     if device is not None and torch.device(device).type != "cpu":
         kwargs["device_map"] = {"": torch.device(device)}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, **revision)
     model.eval()
     return model, tokenizer
 

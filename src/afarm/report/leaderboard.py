@@ -23,6 +23,28 @@ COLUMNS = (
 )
 
 
+# The leaderboard.csv of upstream alpaca_eval 0.6.6 (``main.evaluate``): model names as the unnamed
+# first column (the pandas index), then these columns in this order; our row key -> upstream's name.
+# Upstream's readers (``utils.load_or_convert_to_dataframe``, ``precomputed_leaderboard=``) take
+# the unnamed first column as the model names.
+UPSTREAM_COLUMNS = {
+    "win_rate": "win_rate",
+    "standard_error": "standard_error",
+    "n_wins": "n_wins",
+    "n_wins_base": "n_wins_base",
+    "n_draws": "n_draws",
+    "n_total": "n_total",
+    "discrete_win_rate": "discrete_win_rate",
+    "mode": "mode",
+    "avg_length": "avg_length",
+    "lc_win_rate": "length_controlled_winrate",
+    "lc_standard_error": "lc_standard_error",
+}
+# upstream main.evaluate: ``current_leaderboard_mode="community"`` for a newly evaluated model; its
+# printer needs a known mode on every row
+UPSTREAM_MODE = "community"
+
+
 def sort_rows(rows: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (-_num(r.get("lc_win_rate")), -_num(r.get("win_rate")), r["generator"]))
 
@@ -45,6 +67,18 @@ def write_csv(rows: list[dict], path: str | Path, columns=COLUMNS) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({c: ("" if row.get(c) is None else (round(row[c], 6) if isinstance(row.get(c), float) else row[c])) for c in columns})
+    write_text(path, buf.getvalue())
+
+
+def write_upstream_csv(rows: list[dict], path: str | Path, extra: tuple[str, ...] = ("lc_method",)) -> None:
+    """``rows`` as upstream's ``leaderboard.csv`` (see :data:`UPSTREAM_COLUMNS`), then ``extra`` columns of ours."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["", *UPSTREAM_COLUMNS.values(), *extra])
+    for row in rows:
+        values = {**row, "mode": row.get("mode", UPSTREAM_MODE)}
+        cells = [values.get(key) for key in (*UPSTREAM_COLUMNS, *extra)]
+        writer.writerow([row["generator"], *("" if v is None else (round(v, 6) if isinstance(v, float) else v) for v in cells)])
     write_text(path, buf.getvalue())
 
 

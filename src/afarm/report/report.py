@@ -509,7 +509,7 @@ def _differences(facts: ScaleFacts, metrics: dict) -> list[str]:
         )
     data = f"Data splits (sft / preference / unlabeled / validation): {sizes or 'n/a'} instructions from {data_from}; the paper: 10k / 20k / 20k / 2k from Alpaca 52k."
     lines = [f"## What differs from the paper at this scale (`{facts.scale}`)", ""]
-    if facts.scale == "paper":
+    if facts.scale != "tiny":  # small and paper: upstream's real human pairs, judges named in params
         evaluated = (
             "The human world is evaluated with supplied human annotations."
             if metrics["human_annotators"] == ["human"]
@@ -583,7 +583,7 @@ def build_report(paths: ReportPaths, cfg: ReportConfig, facts: ScaleFacts) -> st
             target = getattr(paths, f.name)
             lines.append(f"- {f.name.replace('_', ' ')}: [`{_link(target, out)}`]({_link(target, out)})")
     lines.append("")
-    if facts.scale != "paper":
+    if facts.scale == "tiny":
         lines += [f"> The \"human\" world here is a **stand-in**: {_names(metrics['human_annotators'])} ({metrics['labels']['human']}), not people.", ""]
     if cfg.judges_note.strip():
         lines += [f"> {' '.join(cfg.judges_note.split())}", ""]

@@ -18,18 +18,21 @@ import contextlib
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Iterator
 
-from afarm.config import PathsConfig, check_sections, load_params, stage_config
+from afarm.config import PathsConfig, check_sections, load_params, section, stage_config
 from afarm.io import InputError, OutputError, outputs_together
 from afarm.stages import _launch
 
+DVC_ROOT = "DVC_ROOT"  # set by DVC for every stage command: the repository root (of the original repository in experiments)
+
 
 def known_sections() -> set[str]:
-    """Top-level keys params.yaml may have: the scale, paths, and every stage's sections."""
+    """Top-level keys params.yaml may have: the scale, the judges, paths, and every stage's sections."""
     from afarm.dag import STAGES
 
-    return {"scale", "paths", _launch.SECTION, *(name for stage in STAGES for name in stage.params)}
+    return {"scale", "judges", "paths", _launch.SECTION, *(name for stage in STAGES for name in stage.params)}
 
 
 def check_params(params: dict) -> None:
@@ -39,6 +42,15 @@ def check_params(params: dict) -> None:
         stage_config(params, "paths", PathsConfig)
     if _launch.SECTION in params:
         _launch.launch_config(params)
+
+
+def repo_paths(params: dict) -> dict[str, str]:
+    """The ``paths`` section with relative paths resolved against the repository root: ``$DVC_ROOT``
+    when set (DVC sets it for every stage; in a queued or ``--temp`` experiment, which runs in a copy
+    under ``.dvc/tmp/exps/``, it names the original repository, so every experiment shares one
+    annotation cache), else the working directory (Snakemake runs from the repository root)."""
+    root = Path(os.environ.get(DVC_ROOT) or ".")
+    return {key: value if Path(value).is_absolute() else str(root / value) for key, value in section(params, "paths").items()}
 
 
 def check_training(params: dict, key: str, cfg) -> None:
@@ -53,6 +65,23 @@ def check_training(params: dict, key: str, cfg) -> None:
         distributed.micro_batches(cfg.batch_size, cfg.micro_batch_size, key=f"{key}.batch_size")
     except distributed.DistributedError as err:
         raise InputError(where, str(err), field=f"{key}.batch_size") from None
+
+
+def model_card(params: dict, method: str, base_model: str | None, data, /, *, models: dict[str, str] | None = None,
+               prompt_prefix: str = "", generates: bool = True, **sections):
+    """The ``ModelCard`` of a model folder a stage writes (``afarm.models.lm.save_model``; the first four
+    arguments are positional-only, so a params section may be called ``base_model``): ``data`` the
+    data files it trained on, ``sections`` its resolved params configs by section name, and, if the
+    folder ``generates``, the evaluation decoding of params section ``generate`` (its
+    ``generation_config.json``; the stage must list ``generate`` among its params in ``afarm.dag``)."""
+    from afarm.models.card import ModelCard
+    from afarm.models.generate import GenerationConfig
+
+    generation = stage_config(params, "generate", GenerationConfig) if generates else None
+    if generation is not None:
+        sections = {**sections, "generate": generation}
+    return ModelCard(method=method, base_model=base_model, data=[str(p) for p in data], models=dict(models or {}),
+                     params=sections, prompt_prefix=prompt_prefix, generation=generation)
 
 
 def parser(description: str) -> argparse.ArgumentParser:

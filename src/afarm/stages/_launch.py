@@ -1,13 +1,17 @@
 """The stage launcher: how one stage process (or one process per device) is started.
 
-Every engine runs a stage as ``python -m afarm.stages <module> --flag path ...`` (the command in
-``dvc.yaml`` and in the Snakefile's rules), so Snakemake, ``dvc repro`` and a SLURM job all start
+Every engine runs a stage as ``python -m afarm.stages [--threads N] <module> --flag path ...`` (the
+command in ``dvc.yaml`` and in the Snakefile's rules), so Snakemake, ``dvc repro`` and a SLURM job all start
 it the same way. The launcher reads the ``launch`` section of params.yaml, sets the environment
 that decides the stage's bytes, and replaces itself (``exec``) with the stage module:
 
 * ``num_threads``: threads of the numeric libraries (OpenMP, MKL, OpenBLAS). Their sums depend
   on the thread count, so a stage gets the same count under every engine (Snakemake exports a
-  rule's ``threads``; ``dvc repro`` exports nothing, which gave numpy every core).
+  rule's ``threads``; ``dvc repro`` exports nothing, which gave numpy every core). Unpinned
+  (``null``, the paper scale), a stage uses the CPUs its engine granted: ``--threads N`` before
+  the module (the Snakefile passes the rule's ``{threads}``, which SLURM turned into
+  ``--cpus-per-task``), else ``SLURM_CPUS_PER_TASK`` (``dvc repro`` in an allocation), divided
+  among the stage's processes; torch reads the count at start (``torch.get_num_threads()``).
 * ``cpu_kernels``: on x86, ATen, oneDNN, MKL and OpenBLAS choose kernels by instruction set
   (AVX-512 or AVX2), and the choice changes the last bits of float results. ``avx2`` pins every
   library to its AVX2 path, which every x86 machine of the last decade has, so the bytes do not
@@ -38,6 +42,7 @@ from afarm.io import InputError
 
 SECTION = "launch"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+SLURM_CPUS = "SLURM_CPUS_PER_TASK"  # CPUs SLURM allocated to each task of the job
 # Environment that pins each x86 numeric library to its AVX2 kernels: ATen's dispatch, MKL's
 # conditional numerical reproducibility (bitwise-equal results on any AVX2 processor), oneDNN's
 # highest instruction set, and OpenBLAS's kernel family (Haswell = AVX2).
@@ -89,13 +94,38 @@ def processes(module: str, params: dict) -> int:
     return max(1, max(gpus, default=1))
 
 
-def environment(params: dict, base: dict[str, str] | None = None, machine: str | None = None) -> dict[str, str]:
-    """The environment a stage process gets: ``base`` (default: this process's) plus the pins."""
+def threads(module: str | None, params: dict, granted: int | None) -> int | None:
+    """Numeric-library threads of each stage process. ``launch.num_threads`` when params pin it (tiny:
+    the bytes depend on it); otherwise the CPUs the engine ``granted`` the stage, shared among its
+    processes; None (nothing pinned or granted): the libraries' default."""
+    cfg = launch_config(params)
+    if cfg.num_threads is not None:
+        return cfg.num_threads
+    if granted is None:
+        return None
+    return max(1, granted // (processes(module, params) if module else 1))
+
+
+def cpus(module: str, params: dict, reserved: int) -> int:
+    """CPUs a stage asks its engine for (Snakemake's rule ``threads``, SLURM's ``--cpus-per-task``): what
+    the pinned thread count uses over the stage's processes, else the stage table's ``reserved``."""
+    cfg = launch_config(params)
+    return cfg.num_threads * processes(module, params) if cfg.num_threads is not None else reserved
+
+
+def environment(params: dict, base: dict[str, str] | None = None, machine: str | None = None,
+                module: str | None = None, granted: int | None = None) -> dict[str, str]:
+    """The environment a stage process gets: ``base`` (default: this process's) plus the pins.
+    ``granted``: CPUs the engine gave the stage (the launcher's ``--threads``); without it,
+    ``SLURM_CPUS_PER_TASK`` of ``base`` when set (``dvc repro`` inside a SLURM allocation)."""
     cfg = launch_config(params)
     env = dict(os.environ if base is None else base)
     env["PYTHONHASHSEED"] = str(cfg.python_hash_seed)
-    if cfg.num_threads is not None:
-        env.update({name: str(cfg.num_threads) for name in THREAD_VARIABLES})
+    if granted is None and env.get(SLURM_CPUS, "").isdigit() and int(env[SLURM_CPUS]) > 0:
+        granted = int(env[SLURM_CPUS])
+    n = threads(module, params, granted)
+    if n is not None:
+        env.update({name: str(n) for name in THREAD_VARIABLES})
     if (machine or platform.machine()).lower() in ("x86_64", "amd64"):
         env.update(KERNEL_VARIABLES[cfg.cpu_kernels])
     return env
@@ -139,14 +169,20 @@ def main(argv: list[str] | None = None) -> None:
     from afarm.dag import STAGES
 
     modules = sorted({s.module for s in STAGES})
+    granted = None
+    if argv[:1] == ["--threads"]:
+        if len(argv) < 2 or not argv[1].isdigit() or int(argv[1]) < 1:
+            print(f"error: --threads takes a positive integer, got {argv[1] if len(argv) > 1 else 'nothing'!r}", file=sys.stderr)
+            sys.exit(2)
+        granted, argv = int(argv[1]), argv[2:]
     if not argv or argv[0] not in modules:
         got = repr(argv[0]) if argv else "nothing"
-        print(f"usage: python -m afarm.stages <stage module> [flags]; got {got}; stage modules: {', '.join(modules)}", file=sys.stderr)
+        print(f"usage: python -m afarm.stages [--threads N] <stage module> [flags]; got {got}; stage modules: {', '.join(modules)}", file=sys.stderr)
         sys.exit(2)
     module, rest = argv[0], argv[1:]
     try:
         params = load_params(params_path(rest))
-        cmd, env = command(module, rest, params), environment(params)
+        cmd, env = command(module, rest, params), environment(params, module=module, granted=granted)
         check_memory(module, params)
     except InputError as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from afarm.annotators import analysis
 from afarm.annotators.cache import AnnotationCache
-from afarm.config import section, stage_config
+from afarm.config import stage_config
 from afarm.annotators.registry import find_config
 from afarm.io import InputError, atomic_write, write_json, write_text
 from afarm.report.leaderboard import write_csv
-from afarm.stages._cli import parser, run
+from afarm.stages._cli import parser, repo_paths, run
 
 log = logging.getLogger("afarm.stages.analyze_annotators")
 
@@ -36,7 +36,7 @@ def main(args, params) -> None:
             find_config(name, [Path(d) for d in cfg.config_dirs])
         except KeyError as err:
             raise InputError(where, str(err).strip('"'), field="analyze_annotators.annotators") from err
-    paths = section(params, "paths")
+    paths = repo_paths(params)  # relative paths: against the repository root
     gold = analysis.load_gold(cfg, Path(args.shared_data_results).parent)
     log.info("gold %s: %d pairs from %s (%s)", cfg.gold, len(gold.pairs), gold.source, gold.counts)
     with AnnotationCache(Path(paths["cache_dir"]) / "annotations.sqlite") as cache:

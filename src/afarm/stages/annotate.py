@@ -14,10 +14,10 @@ from pathlib import Path
 from afarm.annotators.base import Pair, annotate_pairs
 from afarm.annotators.cache import AnnotationCache
 from afarm.annotators.registry import load_annotator
-from afarm.config import section, stage_config
+from afarm.config import stage_config
 from afarm.data.eval_set import load_eval_set, read_model_outputs
 from afarm.io import InputError, write_json
-from afarm.stages._cli import parser, run
+from afarm.stages._cli import parser, repo_paths, run
 
 log = logging.getLogger("afarm.stages.annotate")
 
@@ -36,7 +36,7 @@ def main(args, params) -> None:
     if args.preference_set not in cfg.annotators:
         raise InputError(params.get("_path", "params.yaml"), f"no evaluator for preference set {args.preference_set!r}",
                          field=f"annotate.annotators.{args.preference_set}")
-    paths = section(params, "paths")
+    paths = repo_paths(params)  # relative paths: against the repository root
     eval_set = load_eval_set(args.eval_set)
     outputs = read_model_outputs(args.outputs, expected_instructions=[r["instruction"] for r in eval_set])
     annotator = load_annotator(cfg.annotators[args.preference_set], paths["shared_data"], [Path(d) for d in cfg.config_dirs])

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from afarm import distributed
 from afarm.config import stage_config
+from afarm.curves import curve_columns, write_curve
 from afarm.data.preferences import read_preferences
 from afarm.io import write_json
 from afarm.methods.dpo import DPOConfig, train_dpo
 from afarm.models.lm import load_model, save_model
-from afarm.stages._cli import check_training, parser, run
+from afarm.stages._cli import check_training, model_card, parser, run
 
 
 def main(args, params) -> None:
@@ -18,9 +19,11 @@ def main(args, params) -> None:
     policy, tokenizer = load_model(args.sft, dtype="float32")  # the trained weights are fp32 masters
     reference, _ = load_model(args.sft)  # frozen: its stored dtype (bf16 under bf16_mixed, see prepare_model)
     stats = train_dpo(policy, reference, tokenizer, preferences, cfg)
-    save_model(policy, tokenizer, args.out)  # gathered, written by rank 0
+    save_model(policy, tokenizer, args.out, model_card(params, "dpo", args.sft, [args.preferences], dpo=cfg))  # gathered, written by rank 0
     if not distributed.is_main():
         return
+    if args.log:
+        write_curve(args.log, curve_columns(stats))
     tail = max(1, len(stats["losses"]) // 10)  # the last 10% of the steps
 
     def last(key: str) -> float:
@@ -50,6 +53,7 @@ def arguments():
     p.add_argument("--preferences", required=True, help="data/preferences/<S>.json")
     p.add_argument("--out", required=True, help="model folder to write (models/dpo_<S>)")
     p.add_argument("--metrics", required=True)
+    p.add_argument("--log", default=None, help="CSV of per-step training statistics (the training curve, afarm.curves)")
     return p
 
 

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 from afarm import distributed
 from afarm.config import stage_config
+from afarm.curves import curve_columns, write_curve
 from afarm.io import read_records, write_json
 from afarm.methods.best_of_n import best_of_n, load_for_scoring
 from afarm.methods.expert_iteration import ExpertIterationConfig, train_on_best
 from afarm.models.generate import load_for_generation
 from afarm.models.lm import load_model, save_model
 from afarm.models.prompts import format_prompt
-from afarm.stages._cli import check_training, parser, run
+from afarm.stages._cli import check_training, model_card, parser, run
 
 
 @dataclass
@@ -43,9 +44,12 @@ def main(args, params) -> None:
         del sampler
         policy = load_model(args.sft, dtype="float32")[0].to(distributed.device())
     _, stats = train_on_best(policy, tokenizer, prompts, best, cfg)
-    save_model(policy, tokenizer, args.out)  # gathered, written by rank 0
+    card = model_card(params, "expert_iteration", args.sft, [args.unlabeled], models={"reward model": args.reward_model}, expert_iteration=cfg)
+    save_model(policy, tokenizer, args.out, card)  # gathered, written by rank 0
     if not distributed.is_main():
         return
+    if args.log:
+        write_curve(args.log, curve_columns(stats))
     write_json(args.data, [
         {"instruction": r["instruction"], "input": r["input"], "output": out, "reward": rewards[i], "index": i}
         for r, out, rewards, i in zip(rows, best["outputs"], best["rewards"], best["indices"])
@@ -70,6 +74,7 @@ def arguments():
     p.add_argument("--out", required=True, help="model folder to write, models/expert_iteration_<set>")
     p.add_argument("--data", required=True, help="the selected best-of-n outputs (JSON)")
     p.add_argument("--metrics", required=True)
+    p.add_argument("--log", default=None, help="CSV of per-step training statistics (the training curve, afarm.curves)")
     return p
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from afarm import distributed
 from afarm.config import stage_config
+from afarm.curves import curve_columns, write_curve
 from afarm.data.instructions import read_examples
 from afarm.data.preferences import read_preferences
 from afarm.io import write_json
 from afarm.methods.feedme import FeedMEConfig, train_feedme
 from afarm.models.lm import load_model, save_model
 from afarm.models.train import evaluate_loss
-from afarm.stages._cli import check_training, parser, run
+from afarm.stages._cli import check_training, model_card, parser, run
 
 
 def main(args, params) -> None:
@@ -23,9 +24,11 @@ def main(args, params) -> None:
     before = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
     stats = train_feedme(model, tokenizer, preferences, cfg)
     after = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
-    save_model(model, tokenizer, args.out)  # gathered, written by rank 0
+    save_model(model, tokenizer, args.out, model_card(params, "feedme", args.sft, [args.preferences], feedme=cfg))  # gathered, written by rank 0
     if not distributed.is_main():
         return
+    if args.log:
+        write_curve(args.log, curve_columns(stats))
     write_json(
         args.metrics,
         {
@@ -46,6 +49,7 @@ def arguments():
     p.add_argument("--validation", required=True, help="the validation split (response loss before / after)")
     p.add_argument("--out", required=True, help="model folder to write (models/feedme_<S>)")
     p.add_argument("--metrics", required=True)
+    p.add_argument("--log", default=None, help="CSV of per-step training statistics (the training curve, afarm.curves)")
     return p
 
 

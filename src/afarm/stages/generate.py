@@ -1,7 +1,9 @@
 """Stage `generate`: a model's outputs on the evaluation instructions, as ``model_outputs.json``.
 
-If the model folder has a ``prompt_prefix.txt`` (e.g. reward conditioning's positive control
-token), its text goes in front of every prompt; the outputs never contain it.
+Every prompt is the model folder's chat template applied to the instruction
+(``afarm.models.prompts.chat_prompt``): the Alpaca prompt, with the folder's control token in
+front when it has one (reward conditioning's positive token, all-quantile Quark's ``<reward_0>``);
+the outputs never contain it.
 
 Runs on this process's GPU (else the CPU); in several processes the prompts' batches are shared
 by the ranks (``afarm.models.generate``) and rank 0 writes the outputs.
@@ -12,9 +14,9 @@ from __future__ import annotations
 from afarm import distributed
 from afarm.config import stage_config
 from afarm.data.eval_set import load_eval_set, model_outputs
-from afarm.io import write_json
-from afarm.models.generate import GenerationConfig, generate, load_for_generation, prompt_prefix
-from afarm.models.prompts import format_prompt
+from afarm.io import InputError, write_json
+from afarm.models.generate import GenerationConfig, generate, load_for_generation
+from afarm.models.prompts import chat_prompt
 from afarm.stages._cli import parser, run
 
 
@@ -22,8 +24,11 @@ def main(args, params) -> None:
     cfg = stage_config(params, "generate", GenerationConfig)
     eval_set = load_eval_set(args.eval_set)
     model, tokenizer = load_for_generation(args.model, cfg)
-    prefix = prompt_prefix(args.model)
-    texts = generate(model, tokenizer, [prefix + format_prompt(r["instruction"]) for r in eval_set], cfg)
+    try:
+        prompts = [chat_prompt(tokenizer, r["instruction"]) for r in eval_set]
+    except ValueError as err:  # no chat template
+        raise InputError(args.model, str(err)) from None
+    texts = generate(model, tokenizer, prompts, cfg)
     if distributed.is_main():
         write_json(args.out, model_outputs(eval_set, texts, args.generator))
 

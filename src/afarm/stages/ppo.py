@@ -14,20 +14,18 @@ and reward model frozen, in ``ppo.precision``), and rank 0 alone writes the outp
 
 from __future__ import annotations
 
-import csv
-import io
-
 from typing import Callable
 
 import torch
 
 from afarm import distributed
 from afarm.config import section, stage_config
+from afarm.curves import log_columns, write_curve
 from afarm.data.instructions import read_examples
 from afarm.io import InputError, atomic_write, write_json
 from afarm.methods.ppo import PPOConfig, ValueModel, check_ppo_batches, train_ppo
-from afarm.models.lm import load_model
-from afarm.stages._cli import parser, run
+from afarm.models.lm import load_model, save_model
+from afarm.stages._cli import model_card, parser, run
 
 CURVES = ("score", "kl", "entropy")  # what the plot shows, one panel each
 
@@ -77,21 +75,6 @@ def preparer(cfg) -> Callable:
 def frozen_dtype(cfg) -> str:
     """The dtype to load a frozen model in: bf16 under ``bf16_mixed`` (its storage), else fp32."""
     return "bfloat16" if cfg.precision == "bf16_mixed" else "float32"
-
-
-# Wall-clock fields are logged while training but kept out of the stage's files, so that a
-# rerun gives the same bytes (DVC hashes) on any machine.
-WALL_CLOCK = ("seconds",)
-
-
-def write_log(path: str, log: list[dict]) -> None:
-    log = [{k: v for k, v in row.items() if k not in WALL_CLOCK} for row in log]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(log[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(log)
-    with atomic_write(path) as handle:
-        handle.write(buffer.getvalue())
 
 
 def write_curves(path: str, log: list[dict], keys: tuple[str, ...], title: str) -> None:
@@ -147,12 +130,13 @@ def main(args, params) -> None:
     ref_policy = prepare(load_model(args.sft, dtype=frozen_dtype(cfg))[0], False)
     torch.manual_seed(cfg.seed)
     result = train_ppo(policy, ref_policy, value_model, reward_fn, tokenizer, prompts, cfg)
-    distributed.save_model(policy, tokenizer, args.out)
+    card = model_card(params, "ppo", args.sft, [args.unlabeled], models={"reward model": args.reward_model}, ppo=cfg)
+    save_model(policy, tokenizer, args.out, card)  # gathered, written by rank 0
     if not distributed.is_main():
         return
     log = [{k: v for k, v in r.items() if k != "example_response"} for r in result["log"]]
     if args.log:
-        write_log(args.log, log)
+        write_curve(args.log, log_columns(log))
     write_curves(args.plot, log, CURVES, f"PPO ({args.preference_set or 'reward model'})")
     write_json(args.metrics, {**summary(result), "kl_coef": cfg.kl_coef, "example_response": result["log"][-1]["example_response"]})
 
@@ -165,7 +149,7 @@ def arguments():
     p.add_argument("--out", required=True, help="model folder to write (the policy)")
     p.add_argument("--metrics", required=True)
     p.add_argument("--plot", required=True, help="PNG of reward / KL / entropy per step")
-    p.add_argument("--log", default=None, help="CSV of per-step statistics")
+    p.add_argument("--log", default=None, help="CSV of per-step statistics (the training curve, afarm.curves)")
     p.add_argument("--preference_set", default=None, help="sim | human: picks ppo.kl_coef when it is per set")
     return p
 

@@ -24,12 +24,12 @@ from afarm import distributed
 from afarm.annotators.base import Pair, annotate_pairs
 from afarm.annotators.cache import AnnotationCache
 from afarm.annotators.registry import load_annotator
-from afarm.config import section, stage_config
+from afarm.config import stage_config
 from afarm.data import preferences
 from afarm.io import InputError, read_records, write_json
 from afarm.models.generate import GenerationConfig, generate_samples, load_for_generation
 from afarm.models.prompts import format_prompt
-from afarm.stages._cli import parser, run
+from afarm.stages._cli import parser, repo_paths, run
 
 log = logging.getLogger("afarm.stages.preference_data")
 
@@ -71,7 +71,7 @@ def main(args, params) -> None:
     if not cfg.annotators.get(args.preference_set):
         raise InputError(params.get("_path", "params.yaml"), f"no annotator for preference set {args.preference_set!r}",
                          field=f"preference_data.annotators.{args.preference_set}")
-    paths = section(params, "paths")
+    paths = repo_paths(params)  # relative paths: against the repository root
     rows = read_records(args.preference, required=("instruction", "input"), nonempty=("instruction",),
                         types={"instruction": str, "input": str})[: cfg.limit]
     gen = GenerationConfig(**{**vars(cfg.generation), "num_samples": 2})

@@ -1,20 +1,21 @@
 """Stage `reward_conditioning`: binary reward conditioning of the SFT model on a preference set.
 
-The model folder it writes holds ``prompt_prefix.txt`` (the positive control token), which the
-``generate`` stage puts in front of every prompt.
+The model folder it writes has the positive control token in front of its chat template, which
+the ``generate`` stage renders every prompt with.
 """
 
 from __future__ import annotations
 
 from afarm import distributed
 from afarm.config import stage_config
+from afarm.curves import curve_columns, write_curve
 from afarm.data.instructions import read_examples
 from afarm.data.preferences import read_preferences
 from afarm.io import write_json
 from afarm.methods.reward_conditioning import RewardConditioningConfig, save_conditioned_model, train_reward_conditioning
 from afarm.models.lm import load_model
 from afarm.models.train import evaluate_loss
-from afarm.stages._cli import check_training, parser, run
+from afarm.stages._cli import check_training, model_card, parser, run
 
 
 def main(args, params) -> None:
@@ -26,9 +27,12 @@ def main(args, params) -> None:
     model, tokenizer = load_model(args.sft, dtype="float32")  # the trained weights are fp32 masters
     stats = train_reward_conditioning(model, tokenizer, preferences, cfg)
     after = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
-    save_conditioned_model(model, tokenizer, args.out, cfg)  # gathered, written by rank 0
+    card = model_card(params, "reward_conditioning", args.sft, [args.preferences], reward_conditioning=cfg)
+    save_conditioned_model(model, tokenizer, args.out, cfg, card)  # gathered, written by rank 0
     if not distributed.is_main():
         return
+    if args.log:
+        write_curve(args.log, curve_columns(stats))
     write_json(
         args.metrics,
         {
@@ -49,6 +53,7 @@ def arguments():
     p.add_argument("--validation", required=True, help="the validation split (response loss, positive token)")
     p.add_argument("--out", required=True, help="model folder to write (models/reward_conditioning_<S>)")
     p.add_argument("--metrics", required=True)
+    p.add_argument("--log", default=None, help="CSV of per-step training statistics (the training curve, afarm.curves)")
     return p
 
 

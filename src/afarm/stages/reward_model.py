@@ -8,10 +8,11 @@ from transformers import AutoTokenizer
 
 from afarm import distributed
 from afarm.config import stage_config
+from afarm.curves import curve_columns, write_curve
 from afarm.data.preferences import read_preferences
 from afarm.io import write_json
 from afarm.methods.reward_model import RewardModelConfig, save_reward_model, train_reward_model
-from afarm.stages._cli import check_training, parser, run
+from afarm.stages._cli import check_training, model_card, parser, run
 
 log = logging.getLogger("afarm.stages.reward_model")
 
@@ -29,9 +30,12 @@ def main(args, params) -> None:
     preferences = read_preferences(args.preferences)
     tokenizer = AutoTokenizer.from_pretrained(args.sft)
     model, stats = train_reward_model(args.sft, tokenizer, preferences, cfg)
-    save_reward_model(model, tokenizer, args.out)  # gathered, written by rank 0
+    card = model_card(params, "reward_model", args.sft, [args.preferences], generates=False, reward_model=cfg)
+    save_reward_model(model, tokenizer, args.out, card)  # gathered, written by rank 0
     if not distributed.is_main():
         return
+    if args.log:
+        write_curve(args.log, curve_columns(stats))
     losses, tenth = stats["losses"], max(1, len(stats["losses"]) // 10)
     log.info("%d steps in %.0f s; held-out accuracy %s", stats["num_steps"], stats["seconds"], stats["eval_after"])
     write_json(args.metrics, {
@@ -55,6 +59,7 @@ def arguments():
     p.add_argument("--preferences", required=True, help="data/preferences/<set>.json")
     p.add_argument("--out", required=True, help="reward model folder to write")
     p.add_argument("--metrics", required=True)
+    p.add_argument("--log", default=None, help="CSV of per-step training statistics (the training curve, afarm.curves)")
     return p
 
 

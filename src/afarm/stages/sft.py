@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 
 from afarm import distributed
 from afarm.config import stage_config
+from afarm.curves import curve_columns, write_curve
 from afarm.data.instructions import read_examples
 from afarm.io import write_json
 from afarm.models.lm import load_model, save_model
 from afarm.models.train import TrainConfig, evaluate_loss, train_causal_lm
-from afarm.stages._cli import check_training, parser, run
+from afarm.stages._cli import check_training, model_card, parser, run
 
 
 @dataclass
@@ -34,9 +35,11 @@ def main(args, params) -> None:
     before = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
     stats = train_causal_lm(model, tokenizer, train, cfg.train, response_only=True)
     after = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
-    save_model(model, tokenizer, args.out)  # gathered, written by rank 0
+    save_model(model, tokenizer, args.out, model_card(params, "sft", args.base_model, args.sft, sft=cfg))  # gathered, written by rank 0
     if not distributed.is_main():
         return
+    if args.log:
+        write_curve(args.log, curve_columns(stats))
     write_json(
         args.metrics,
         {
@@ -58,6 +61,7 @@ def arguments():
     p.add_argument("--validation", required=True)
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--metrics", required=True)
+    p.add_argument("--log", default=None, help="CSV of per-step training statistics (the training curve, afarm.curves)")
     return p
 
 
