@@ -36,7 +36,7 @@ import torch
 from afarm.annotators.base import Pair, annotate_pairs
 from afarm.annotators.cache import AnnotationCache
 from afarm.annotators.registry import load_annotator
-from afarm.config import section, stage_config
+from afarm.config import stage_config
 from afarm.data.eval_set import load_eval_set
 from afarm.data.preferences import binarize
 from afarm.io import InputError, read_json, read_records, write_json, write_text
@@ -44,11 +44,11 @@ from afarm.methods.health import response_logps
 from afarm.methods.reward_conditioning import RewardConditioningConfig
 from afarm.methods.reward_model import load_reward_model, score
 from afarm.metrics import health
-from afarm.models.generate import GenerationConfig, generate_samples, load_for_generation, prompt_prefix
+from afarm.models.generate import GenerationConfig, generate_samples, load_for_generation
 from afarm.models.lm import load_model
-from afarm.models.prompts import format_prompt
+from afarm.models.prompts import chat_prompt, format_prompt
 from afarm.report.leaderboard import write_csv
-from afarm.stages._cli import parser, run
+from afarm.stages._cli import parser, repo_paths, run
 from afarm.stages.preference_data import PreferenceDataConfig, judge_instruction
 
 log = logging.getLogger("afarm.stages.method_health")
@@ -78,13 +78,17 @@ class MethodHealthConfig:
 POLICIES = ("ppo", "quark", "expert_iteration")
 
 
-def _prefix(model_dir: str) -> str:
-    """Text before every prompt at generation: ``prompt_prefix.txt`` or Quark's ``generation.json``."""
-    prefix = prompt_prefix(model_dir)
-    quark = Path(model_dir) / "generation.json"
-    if not prefix and quark.is_file():
-        prefix = read_json(quark).get("prefix", "")
-    return prefix
+def _prefix(tokenizer, model_dir: str) -> str:
+    """The control token a model folder's chat template puts before every prompt ("" for none):
+    the folder's template rendered on a probe instruction, less the plain prompt (afarm.models.prompts)."""
+    probe = format_prompt("probe")
+    try:
+        text = chat_prompt(tokenizer, "probe")
+    except ValueError as err:
+        raise InputError(model_dir, str(err)) from None
+    if not text.endswith(probe):
+        raise InputError(model_dir, "the chat template does not end with afarm's prompt template")
+    return text[: -len(probe)]
 
 
 def _annotations(paths: list[str]) -> dict[str, list[dict]]:
@@ -108,7 +112,7 @@ def main(args, params) -> None:
         labeller = pdata.annotators.get(pset)
     if not labeller:
         raise InputError(where, f"no labelling annotator for preference set {pset!r}", field="preference_data.annotators")
-    paths = section(params, "paths")
+    paths = repo_paths(params)  # relative paths: against the repository root
     torch.manual_seed(0)
 
     rows = read_records(args.validation, required=("instruction", "input"), nonempty=("instruction",),
@@ -200,10 +204,10 @@ def main(args, params) -> None:
                           health.shifted(acc, 0.5), cfg.k, **win(f"{name}_{pset}")))
 
     # ---- reward conditioning: log pi(y | good) - log pi(y | bad), and RM score of good vs bad samples
-    good = prompt_prefix(args.reward_conditioning)
-    if not good:
-        raise InputError(args.reward_conditioning, "no prompt_prefix.txt (the positive control token)")
     model, tok = load_for_generation(args.reward_conditioning, one)
+    good = _prefix(tok, args.reward_conditioning)
+    if not good:
+        raise InputError(args.reward_conditioning, "the chat template has no control token (the positive token)")
     margins = health.implicit_margins(logps(model, tok, chosen, good), logps(model, tok, rejected, good),
                                       logps(model, tok, chosen, rc.negative_token), logps(model, tok, rejected, rc.negative_token))
     acc = health.pair_accuracy(margins)
@@ -222,7 +226,7 @@ def main(args, params) -> None:
     for name in POLICIES:
         path = getattr(args, name)
         model, tok = load_for_generation(path, one)
-        prefix = _prefix(path)
+        prefix = _prefix(tok, path)
         outs = [s[0] for s in generate_samples(model, tok, [prefix + p for p in prompts], one)]
         scores = rm_score(prompts, outs)
         lp = response_logps(model, tok, [prefix + p for p in prompts], outs, cfg.max_length, cfg.batch_size, cfg.num_threads)[0]
