@@ -12,7 +12,7 @@ import torch
 from afarm.annotators.base import Pair, annotate_pairs
 from afarm.annotators.local_hf import LocalHFAnnotator, LocalHFConfig
 from afarm.annotators.registry import load_annotator
-from afarm.models.lm import ModelConfig, build_model, save_model
+from afarm.models.lm import ModelConfig, build_model
 from afarm.models.tokenizer import train_tokenizer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -44,7 +44,10 @@ def model_dir(tmp_path_factory):
     cfg = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=4096)
     model = build_model(cfg, tokenizer)
     path = tmp_path_factory.mktemp("tiny") / "model"
-    save_model(model, tokenizer, path)
+    # a plain transformers folder, as a judge model from the hub (afarm's save_model would give it afarm's
+    # one-message prompt template as its chat template, which a judge's ChatML prompt cannot use)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return path
 
 

@@ -284,7 +284,7 @@ def method_health(pset: str, evaluated: dict[str, str]) -> Stage:
               "annotations": tuple(annotations_path(pset, g) for g in evaluated if g in ("base_model", "sft", "sft_52k") or g.endswith(f"_{pset}"))},
         outs={"csv": method_health_path(pset, "csv"), "markdown": method_health_path(pset, "md"), "pairs": f"data/health/{pset}.json"},
         metrics={"metrics": f"results/metrics/method_health_{pset}.json"},
-        params=("scale", "paths", "preference_data", "reward_conditioning", "method_health"),
+        params=("scale", "judges", "paths", "preference_data", "reward_conditioning", "method_health"),
         args={"preference_set": pset},
         paper=GPU_INFER,
     )

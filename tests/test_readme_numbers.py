@@ -1,0 +1,35 @@
+"""The README quotes the committed tiny run: its headline correlations and its leaderboard table are
+the ones in ``results/`` (written by the `sim_vs_human` and `leaderboard_sim` stages), so a rerun that
+changes them without the README fails here."""
+
+from __future__ import annotations
+
+import json
+
+
+def _readme(repo) -> str:
+    return (repo / "README.md").read_text(encoding="utf-8")
+
+
+def _corr(value: float, ci: list[float]) -> str:
+    return f"{value:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def test_headline_correlations_are_the_committed_runs(repo):
+    metrics = json.loads((repo / "results" / "metrics" / "sim_vs_human.json").read_text())
+    text = " ".join(_readme(repo).split())  # line breaks inside a sentence do not matter
+    trained = metrics["trained"]
+    assert f"over the **{trained['n_models']} trained rows," in text
+    assert f"Spearman {_corr(trained['spearman'], trained['spearman_ci'])}, Kendall {_corr(trained['kendall'], trained['kendall_ci'])}**" in text
+    assert (f"over all {metrics['n_models']} rows Spearman {_corr(metrics['spearman'], metrics['spearman_ci'])}, "
+            f"Kendall {_corr(metrics['kendall'], metrics['kendall_ci'])}") in text
+
+
+def test_leaderboard_table_is_the_committed_runs(repo):
+    board = (repo / "results" / "leaderboard_sim.md").read_text(encoding="utf-8")
+    rows = [line for line in board.splitlines() if line.startswith("|")]
+    readme = _readme(repo)
+    start = readme.index(rows[0])
+    assert readme[start:].splitlines()[: len(rows)] == rows
+    judge = board.split("Judge: `")[1].split("`")[0]
+    assert f"Judge: `{judge}`" in readme[start:]
