@@ -70,7 +70,8 @@ def test_judges_choose_local_or_api_values_and_must_be_set_where_needed(tmp_path
 
 def test_tiny_resolved_params_are_unchanged():
     """Every section resolved at tiny equals the snapshot taken before the small scale was added (the
-    tiny bytes depend on these values only). A deliberate tiny change regenerates the snapshot."""
+    tiny bytes depend on these values only). A deliberate tiny change (a new stage's section, a retuned
+    value) regenerates the snapshot: the dict below, ``json.dumps(resolved, indent=1, sort_keys=True)``."""
     params = load_params(REPO / "params.yaml")
     assert params["scale"] == "tiny"
     resolved = {k: section(params, k) for k in params if not k.startswith("_") and k not in ("scale", "judges")}
