@@ -16,24 +16,15 @@ from afarm.models.card import ModelCard
 from afarm.models.lm import ModelConfig, build_model, save_model
 from afarm.models.prompts import chat_template, format_prompt
 from afarm.models.tokenizer import train_tokenizer
+from test_reward_conditioning import prefs  # the toy preferences: "Yes, gladly." always preferred
 
 TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=256)
-THINGS = ["cats", "dogs", "rain", "bread", "music", "trees", "boats", "tea"]
 # Greedy, as the tiny scale evaluates; eval prompts of several lengths, so the batch is left-padded.
 GENERATE = {"max_new_tokens": 12, "do_sample": False, "temperature": 0.7, "top_p": 0.9, "batch_size": 8,
             "num_threads": 1, "show_progress": False}
 EVAL_SET = [{"instruction": q, "output": "ref", "generator": "text_davinci_003", "dataset": "toy"}
             for q in ("Can you talk about cats?", "Tell me, in a few words, about the rain and the music?", "Tea?",
                       "Can you talk about boats and trees and bread, please?")]
-
-
-def prefs() -> list[dict]:
-    out = []
-    for i, thing in enumerate(THINGS):
-        good_first = i % 2 == 0
-        out.append({"instruction": f"Can you talk about {thing}?", "input": "", "output_1": "Yes, gladly." if good_first else "No.",
-                    "output_2": "No." if good_first else "Yes, gladly.", "preference": 1 if good_first else 2, "annotator": "t"})
-    return out
 
 
 def tokenizer():

@@ -23,18 +23,11 @@ import yaml
 from afarm.annotators.registry import BUILTIN_CONFIGS
 from hub_fixtures import MINIATURE, hub_dataset, pretrained_llama
 from pipeline_helpers import copy_repo, merge, run, sh
+from test_local_hf_judge import TEMPLATE
 
 pytestmark = pytest.mark.slow
 
-JUDGE_TEMPLATE = """<|im_start|>system
-You compare two answers.
-<|im_end|>
-<|im_start|>user
-Instruction: {instruction}
-Answer m: {output_1}
-Answer M: {output_2}
-Which answer is better, m or M?
-<|im_end|>"""
+JUDGE_TEMPLATE = TEMPLATE  # the tiny ChatML judge prompt of the local_hf tests
 
 
 def _judge_configs(folder, judge_model) -> None:
