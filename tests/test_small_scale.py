@@ -180,7 +180,9 @@ def test_every_small_stage_fits_one_24_gb_gpu_with_the_local_judge(tmp_path):
     assert set(plans) == set(mp.STAGE_MODELS) | {"annotate", "analyze_annotators"}
     for plan in plans.values():
         assert plan.devices == 1 and plan.memory_gb == 24 and plan.fits, plan.summary()
-    assert mp.smallest_device_gb(list(plans.values())) == pytest.approx(plans["ppo"].total_gb)  # PPO is the largest
+    # method_health is the largest as planned (an upper bound: its three models beside the judge), PPO next
+    assert mp.smallest_device_gb(list(plans.values())) == pytest.approx(plans["method_health"].total_gb)
+    assert sorted(plans, key=lambda k: plans[k].total_bytes)[-2] == "ppo"
     # Qwen2.5-0.5B by hand: h 896, 24 layers, MLP 4864, 14 heads, 2 KV heads (kv dim 128), q/k/v biases, tied
     layer = 2 * 896 * 896 + 2 * 896 * 128 + 3 * 896 * 4864 + 2 * 896 + (896 + 2 * 128)
     p = 24 * layer + 151936 * 896 + 896
@@ -196,6 +198,11 @@ def test_every_small_stage_fits_one_24_gb_gpu_with_the_local_judge(tmp_path):
     assert judge.get("logits") == 2 * 4 * 2048 * 152064
     assert plans["preference_data"].get("judge parameters") == 2 * 7_615_616_512  # the sim pool's one member
     assert "judge 4 x 2048 tokens" in judge.summary()
+    # method_health: SFT, the checked model and the base or reward model in bf16, the sim labeller (the judge),
+    # log-probabilities of 4 sequences x 512 tokens (method_health.batch_size, max_length at small)
+    health = plans["method_health"]
+    assert health.get("parameters") == 3 * 2 * p and health.get("judge parameters") == 2 * 7_615_616_512
+    assert 6 * 4 * 512 * 151936 < health.get("workspace", "log-probabilities") < 7 * 4 * 512 * 151936
 
 
 def test_launch_checks_the_small_plan_before_a_stage_starts(tmp_path):

@@ -16,8 +16,9 @@ heads; micro-batch ``b`` sequences of ``s`` tokens; ``N`` devices; ``P`` a model
     root's bf16 gradients (``2R``), ``gathered_layers`` decoder layers in bf16 at a time (the
     running one and the prefetched next, ``2 x layer`` each) and one layer's gradients in bf16 and
     in the fp32 reduce-scatter copy (``6 x layer``).
-* Inference stages (generate, preference_data, best_of_n) hold each model whole in bf16 (``2P``)
-  on every device; more devices split the prompts, not the model.
+* Inference stages (generate, preference_data, best_of_n, method_health) hold each model whole in bf16
+  (``2P``) on every device; more devices split the prompts, not the model. method_health's
+  log-probability passes add one layer's workspace and the logits ``6*s*b*V`` (bf16, fp32 log-softmax).
 * Activations kept for backward, per decoder layer (Korthikanti et al. 2022, "Reducing Activation
   Recomputation in Large Transformer Models", Sec. 4.1: count the bytes of every tensor autograd
   saves; their GPT block gives ``sbh(34 + 5as/h)``; the same count for the LLaMA block as
@@ -34,7 +35,7 @@ heads; micro-batch ``b`` sequences of ``s`` tokens; ``N`` devices; ``P`` a model
   new tokens), a workspace of one layer's activations ``A`` (the prefill is the largest forward),
   and for PPO the logits of the policy and the reference over the rollout (``2 x 6*s*b*V``).
 * Local judges (``local_hf`` annotators, the small scale's open judge; pool members included): the
-  stages that judge (annotate, analyze_annotators, preference_data) load the judge whole in its dtype
+  stages that judge (annotate, analyze_annotators, preference_data, method_health) load the judge whole in its dtype
   (``2P`` in bf16) for a "judging" phase, with one no-cache forward of ``batch_size`` prompts of
   ``max_length`` tokens: one layer's workspace ``A`` and the logits ``b*s*V`` in the judge's dtype.
   preference_data frees its sampler before loading the judge, but the plan keeps both (an upper bound).
@@ -161,8 +162,11 @@ STAGE_MODELS: dict[str, tuple[Model, ...]] = {
     "generate": (FROZEN_POLICY,),
     "preference_data": (FROZEN_POLICY,),  # the paper's annotators are API models: no GPU memory
     "best_of_n": (FROZEN_POLICY, REWARD),
+    # SFT (held throughout), the model under check (one at a time), and the base model (SFT rows) or the
+    # reward model (after them): planned as three language models, the larger head (an upper bound).
+    "method_health": (FROZEN_POLICY, Model("checked model", "lm", False), Model("base or reward model", "lm", False)),
 }
-INFERENCE_KINDS = {"generate", "preference_data", "best_of_n"}
+INFERENCE_KINDS = {"generate", "preference_data", "best_of_n", "method_health"}
 
 
 @dataclass(frozen=True)
@@ -291,13 +295,16 @@ def plan(
     generation_len: int = 0,
     score_batch: int = 0,
     gathered_layers: int = 2,
+    logp_batch: int = 0,
+    logp_len: int = 0,
 ) -> Plan:
     """The memory plan of one stage kind (a key of ``STAGE_MODELS``).
 
     ``micro_batch`` x ``seq_len``: sequences per training forward on one device (a DPO or reward-model
     pair counts as 2 sequences). ``generation_batch`` x ``generation_len`` (prompt + new tokens):
     the KV cache of a rollout or generation phase (0: none). ``score_batch``: sequences per reward-model
-    forward in a scoring phase (best-of-n). All models share ``arch`` (AlpacaFarm initialises every
+    forward in a scoring phase (best-of-n). ``logp_batch`` x ``logp_len``: sequences per no-grad
+    log-probability forward (method_health). All models share ``arch`` (AlpacaFarm initialises every
     one from the same LLaMA-7B).
     """
     if stage_kind not in STAGE_MODELS:
@@ -319,6 +326,9 @@ def plan(
         p.rows.append(Row("workspace", A(arch, b, s), "generation", f"one layer's activations at {b} x {s}"))
         if score_batch:
             p.rows.append(Row("workspace", A(arch, score_batch, s), "scoring", f"reward model, one layer at {score_batch} x {s}"))
+        if logp_batch:  # log-probabilities of whole sequences: one layer and the logits (bf16 + fp32 log-softmax)
+            p.rows.append(Row("workspace", A(arch, logp_batch, logp_len) + 6 * logp_batch * logp_len * arch.vocab_size, "log-probabilities",
+                              f"one layer + logits 6 x {logp_batch} x {logp_len} x V"))
         return p
 
     p.rows.append(Row("parameters", sum(4 * arch.num_params(m.head) // n for m in trained) + sum(2 * arch.num_params(m.head) // n for m in frozen),
@@ -447,6 +457,11 @@ def stage_inputs(module: str, params: dict) -> dict[str, Any]:
         return {"micro_batch": rl.get("step_micro_batch_size", d["step_micro_batch_size"]), "seq_len": s,
                 "gradient_checkpointing": bool(rl.get("gradient_checkpointing", False)),
                 "generation_batch": rl.get("rollout_micro_batch_size", d["rollout_micro_batch_size"]), "generation_len": s}
+    if module == "method_health":  # samples with preference_data's decoding; scores and log-probabilities in batches
+        health, gen = _resolved(params, module), _resolved(params, "preference_data").get("generation", {})
+        b, s = health.get("batch_size", d["generation_batch_size"]), health.get("max_length", d["max_length"])
+        return {"micro_batch": 0, "seq_len": 1, "generation_batch": gen.get("batch_size", d["generation_batch_size"]),
+                "generation_len": PROMPT_TOKENS + gen.get("max_new_tokens", d["max_new_tokens"]), "score_batch": b, "logp_batch": b, "logp_len": s}
     if module in INFERENCE_KINDS:
         sec = _resolved(params, module)
         gen = sec if module == "generate" else sec.get("generation", {})
@@ -458,17 +473,25 @@ def stage_inputs(module: str, params: dict) -> dict[str, Any]:
     raise KeyError(module)
 
 
-# Stage modules that load annotators, and the params key naming them.
-JUDGE_STAGES = {"annotate": "annotators", "preference_data": "annotators", "analyze_annotators": "annotators"}
+# Stage modules that load annotators: the (section, key) pairs of params naming them; config_dirs from
+# the first section. method_health: the training labeller, its clean counterpart, the hub set's stand-in.
+JUDGE_STAGES = {
+    "annotate": (("annotate", "annotators"),),
+    "preference_data": (("preference_data", "annotators"),),
+    "analyze_annotators": (("analyze_annotators", "annotators"),),
+    "method_health": (("preference_data", "annotators"), ("method_health", "clean_annotators"), ("method_health", "hub_labellers")),
+}
 LOCAL_BACKENDS = ("local_hf",)
 BUILTIN_CONFIGS = Path(__file__).resolve().parent / "annotators" / "configs"  # afarm.annotators.registry.BUILTIN_CONFIGS
 
 
 def _judge_names(module: str, params: dict) -> tuple[list[str], list[Path]]:
-    sec = _resolved(params, module)
-    value = sec.get(JUDGE_STAGES[module]) or {}
-    names = list(value.values()) if isinstance(value, dict) else list(value)
-    return [n for n in names if n], [Path(d) for d in sec.get("config_dirs") or []]
+    names = []
+    for section, key in JUDGE_STAGES[module]:
+        value = _resolved(params, section).get(key) or {}
+        names += list(value.values()) if isinstance(value, dict) else list(value)
+    dirs = _resolved(params, JUDGE_STAGES[module][0][0]).get("config_dirs") or []
+    return [n for n in names if n], [Path(d) for d in dirs]
 
 
 def _load_judges(name: str, dirs: list[Path], shared_data: str, where: str) -> list[Judge]:

@@ -140,6 +140,7 @@ def main(args, params) -> None:
             annotator = load_annotator(name, paths["shared_data"], [Path(d) for d in pdata.config_dirs])
             judged, _ = annotate_pairs(annotator, judge_pairs, cache, seed=pdata.seed, progress=False)
             labels[kind] = [j["preference"] for j in judged]
+            del annotator  # one judge in memory at a time (afarm.memory_plan)
     keep = [i for i in range(len(records)) if all(v[i] is not None for v in labels.values())]
     records = [records[i] for i in keep]
     labels = {kind: [v[i] for i in keep] for kind, v in labels.items()}
@@ -176,6 +177,7 @@ def main(args, params) -> None:
         gain = health.paired_delta(before, after)  # loss drop
         table.append(_row(name, "response loss (nats/token), base -> trained", "eval-set reference answers",
                           sum(before) / len(before), sum(after) / len(after), gain, cfg.k, **win(name, "base_model")))
+    del base, model  # SFT, the checked model and the base or reward model at most (afarm.memory_plan)
 
     log.info("SFT rows done")
     # ---- reward model: accuracy on the noisy held-out labels, ceiling, agreement with the clean judge
