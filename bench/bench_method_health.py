@@ -6,7 +6,10 @@ labeller). This bench retrains the reward model, DPO, FeedME and reward conditio
 ``--seeds`` other training seeds (the seed of the data order, of the held-out split inside each method and
 of new weights), from the run's SFT model and preference set with the params.yaml recipe, and applies the
 same checks (``afarm.metrics.health``): gain over the starting point > k standard errors on the held-out
-pairs. PPO, Quark and expert iteration are left out (minutes each per seed on the tiny scale).
+pairs, scored against their clean labels where the world has them (as the stage). Expert iteration retrains
+its SFT step on the run's best-of-n selection (``data/expert_iteration/<set>.json``) and is checked by the
+reward-model score of one sample per validation prompt over the SFT model's (training decoding, one fixed
+sampling seed). PPO and Quark are left out (minutes each per seed on the tiny scale).
 
 Run from a workspace where the tiny DAG has run (models/, data/preferences/, data/health/):
 
@@ -29,25 +32,29 @@ import torch
 from afarm.config import load_params, stage_config
 from afarm.data.preferences import read_preferences
 from afarm.methods.dpo import DPOConfig, train_dpo
+from afarm.methods.expert_iteration import train_on_best
 from afarm.methods.feedme import FeedMEConfig, train_feedme
 from afarm.methods.health import response_logps
 from afarm.methods.reward_conditioning import RewardConditioningConfig, train_reward_conditioning
-from afarm.methods.reward_model import RewardModelConfig, score, train_reward_model
+from afarm.methods.reward_model import RewardModelConfig, load_reward_model, score, train_reward_model
 from afarm.metrics import health
+from afarm.models.generate import GenerationConfig, generate_samples
 from afarm.models.lm import load_model
 from afarm.models.prompts import format_prompt
+from afarm.stages.expert_iteration import ExpertIterationStageConfig
 from afarm.stages.method_health import MethodHealthConfig
+from afarm.stages.preference_data import PreferenceDataConfig
 
-METHODS = ("reward_model", "dpo", "feedme", "reward_conditioning")
+METHODS = ("reward_model", "dpo", "feedme", "reward_conditioning", "expert_iteration")
 
 
-def held_out(path: Path) -> tuple[list[str], list[str], list[str]]:
-    """(prompts, chosen, rejected) of the held-out pairs, oriented by their (noisy) training-style label."""
+def held_out(path: Path) -> tuple[list[str], list[str], list[str], list[int]]:
+    """(prompts, outputs 1, outputs 2, labels) of the held-out pairs; the labels are the clean ones where the
+    world has a clean labeller (``clean_preference``), as the stage checks them, else the training-style ones."""
     pairs = json.loads(path.read_text())
     prompts = [format_prompt(p["instruction"], p["input"]) for p in pairs]
-    chosen = [p["output_1"] if p["preference"] == 1 else p["output_2"] for p in pairs]
-    rejected = [p["output_2"] if p["preference"] == 1 else p["output_1"] for p in pairs]
-    return prompts, chosen, rejected
+    labels = [p["preference"] if p.get("clean_preference") is None else p["clean_preference"] for p in pairs]
+    return prompts, [p["output_1"] for p in pairs], [p["output_2"] for p in pairs], labels
 
 
 def with_seed(cfg, seed: int):
@@ -60,8 +67,27 @@ def with_seed(cfg, seed: int):
     return cfg
 
 
+def check_expert_iteration(seed: int, params: dict, root: Path, pset: str, hcfg: MethodHealthConfig) -> dict:
+    """Retrain expert iteration's SFT step with ``seed``; RM score of its samples minus the SFT model's."""
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    cfg = with_seed(stage_config(params, "expert_iteration", ExpertIterationStageConfig), seed)
+    selected = json.loads((root / "data" / "expert_iteration" / f"{pset}.json").read_text())
+    model, tok = load_model(str(root / "models" / "sft"), dtype="float32")
+    train_on_best(model, tok, [format_prompt(r["instruction"], r["input"]) for r in selected], {"outputs": [r["output"] for r in selected], "finished": [r.get("finished", True) for r in selected]}, cfg)
+    sft, sft_tok = load_model(str(root / "models" / "sft"))
+    prompts = [format_prompt(r["instruction"], r["input"]) for r in json.loads((root / "data" / "splits" / "validation.json").read_text())]
+    one = GenerationConfig(**{**vars(stage_config(params, "preference_data", PreferenceDataConfig).generation), "num_samples": 1, "show_progress": False})
+    rm, rm_tok = load_reward_model(str(root / "models" / f"reward_model_{pset}"))
+    scores = [score(rm, rm_tok, prompts, [s[0] for s in generate_samples(m, t, prompts, one)], hcfg.batch_size).tolist()
+              for m, t in ((model, tok), (sft, sft_tok))]
+    gain = health.paired_delta(scores[0], scores[1])
+    return {"method": "expert_iteration", "seed": seed, "gain": gain.value, "se": gain.se, "n": gain.n, "z": gain.value / gain.se if gain.se else None,
+            "passed": health.passes(gain, hcfg.k), "seconds": round(time.perf_counter() - start, 1)}
+
+
 def check(method: str, seed: int, params: dict, prefs: list[dict], pairs, sft: str, hcfg: MethodHealthConfig) -> dict:
-    prompts, chosen, rejected = pairs
+    prompts, out_1, out_2, labels = pairs
     torch.manual_seed(seed)
     start = time.perf_counter()
 
@@ -74,7 +100,7 @@ def check(method: str, seed: int, params: dict, prefs: list[dict], pairs, sft: s
 
         tok = AutoTokenizer.from_pretrained(sft)
         model, _ = train_reward_model(sft, tok, prefs, cfg)
-        margins = (score(model, tok, prompts, chosen, hcfg.batch_size) - score(model, tok, prompts, rejected, hcfg.batch_size)).tolist()
+        margins = (score(model, tok, prompts, out_1, hcfg.batch_size) - score(model, tok, prompts, out_2, hcfg.batch_size)).tolist()
     else:
         ref, tok = load_model(sft, dtype="float32")
         model, mtok = load_model(sft, dtype="float32")
@@ -83,14 +109,14 @@ def check(method: str, seed: int, params: dict, prefs: list[dict], pairs, sft: s
         elif method == "feedme":
             train_feedme(model, mtok, prefs, with_seed(stage_config(params, "feedme", FeedMEConfig), seed))
         if method in ("dpo", "feedme"):
-            margins = health.implicit_margins(lp(model, mtok, chosen), lp(model, mtok, rejected), lp(ref, tok, chosen), lp(ref, tok, rejected))
+            margins = health.implicit_margins(lp(model, mtok, out_1), lp(model, mtok, out_2), lp(ref, tok, out_1), lp(ref, tok, out_2))
         else:
             cfg = with_seed(stage_config(params, "reward_conditioning", RewardConditioningConfig), seed)
             train_reward_conditioning(model, mtok, prefs, cfg)
             good, bad = cfg.positive_token, cfg.negative_token
-            margins = health.implicit_margins(lp(model, mtok, chosen, good), lp(model, mtok, rejected, good),
-                                              lp(model, mtok, chosen, bad), lp(model, mtok, rejected, bad))
-    acc = health.pair_accuracy(margins)
+            margins = health.implicit_margins(lp(model, mtok, out_1, good), lp(model, mtok, out_2, good),
+                                              lp(model, mtok, out_1, bad), lp(model, mtok, out_2, bad))
+    acc = health.pair_accuracy(health.oriented(margins, labels))
     gain = health.shifted(acc, 0.5)
     return {"method": method, "seed": seed, "accuracy": acc.value, "se": acc.se, "n": acc.n, "z": gain.value / gain.se if gain.se else None,
             "passed": health.passes(gain, hcfg.k), "seconds": round(time.perf_counter() - start, 1)}
@@ -113,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for method in args.methods:
         for seed in args.seeds:
-            results.append(check(method, seed, params, prefs, pairs, str(root / "models" / "sft"), hcfg))
+            if method == "expert_iteration":
+                results.append(check_expert_iteration(seed, params, root, args.preference_set, hcfg))
+            else:
+                results.append(check(method, seed, params, prefs, pairs, str(root / "models" / "sft"), hcfg))
             print(json.dumps(results[-1]), flush=True)
     failed = [f"{r['method']} seed {r['seed']}" for r in results if not r["passed"]]
     print(json.dumps({"preference_set": args.preference_set, "n_runs": len(results), "failed": failed}))

@@ -37,12 +37,12 @@ REDUCED = {
     },
     "ppo": {"max_steps": {"tiny": 1}, "rollout_batch_size": {"tiny": 8}, "step_batch_size": {"tiny": 8}, "response_len": {"tiny": 16}},
     "quark": {"max_steps": {"tiny": 1}, "rollout_batch_size": {"tiny": 8}, "step_batch_size": {"tiny": 8}, "response_len": {"tiny": 16}},
-    "dpo": {"eval_size": {"tiny": 4}, "train": {"max_steps": {"tiny": 2}, "max_length": {"tiny": 128}}},
-    "feedme": {"train": {"max_length": {"tiny": 128}}},
-    "reward_conditioning": {"train": {"max_length": {"tiny": 128}}},
+    "dpo": {"eval_size": {"tiny": 4}, "train": {"max_steps": 2, "max_length": {"tiny": 128}}},
+    "feedme": {"train": {"num_epochs": 1, "max_length": {"tiny": 128}}},
+    "reward_conditioning": {"train": {"num_epochs": 1, "max_length": {"tiny": 128}}},
     "analyze_annotators": {"max_pairs": {"tiny": 60}, "n_seeds": {"tiny": 2}},
     "sim_vs_human": {"n_bootstrap": 200},
-    "method_health": {"best_of_n": {"tiny": 2}, "max_length": {"tiny": 128}},
+    "method_health": {"best_of_n": {"tiny": 2}, "max_length": {"tiny": 128}, "pairs_per_prompt": {"tiny": 2}, "policy_samples": {"tiny": 2}},
 }
 
 

@@ -72,7 +72,9 @@ def test_expert_iteration_trains_on_the_selected_outputs(toy):
     reference = best_of_n(policy, tok, rm, tok, prompts, BON)
     data, best, stats = expert_iteration(policy, tok, rm, tok, prompts, ExpertIterationConfig(best_of_n=BON, train=train))
     assert best == reference  # selection happens before training
-    assert data == select_expert_data(prompts, best) == list(zip(prompts, best["outputs"]))
+    assert data == select_expert_data(prompts, best) == list(zip(prompts, best["outputs"], best["finished"]))
+    # 6 new tokens at most: a sample that used them all was cut off and trains without EOS
+    assert best["finished"] == [len(tok(o, add_special_tokens=False)["input_ids"]) < 6 for o in best["outputs"]]
     assert stats["num_steps"] == 2 and stats["num_examples"] == 5
     changed = [k for k, v in policy.state_dict().items() if not torch.equal(v, before[k])]
     assert "model.embed_tokens.weight" in changed and len(changed) == len(before)

@@ -52,4 +52,32 @@ def test_every_method_passes_its_held_out_check_in_the_committed_tiny_run(repo, 
              and passes(Estimate(health["checks"][name]["gain"], health["checks"][name]["se"], health["checks"][name]["n"]), health["k"])]
     assert not stale, f"these checks pass now: remove them from KNOWN_FAILING: {stale}"
     rm = health["checks"]["reward_model"]
-    assert rm["trained"] <= rm["ceiling"] + 3 * rm["se"]  # no RM beats the label-noise ceiling beyond noise
+    if rm.get("ceiling") is not None:  # no RM beats the label-noise ceiling on the noisy labels beyond noise
+        assert rm["labels_accuracy"] <= rm["ceiling"] + 3 * rm["se"]
+
+
+def test_the_committed_results_come_from_the_current_code_and_params(repo):
+    """The committed tiny run (dvc.lock, results/) is the run of this commit's code and params: no stage has a
+    modified code or data dependency, changed params, or an output edited by hand. Then the checks above and the README's numbers
+    (tests/test_readme_numbers.py) guard the code as it is: a change that stops a method from learning must
+    rerun the tiny DAG to land, and its checks then fail here. Outputs missing from the DVC cache (a fresh
+    clone) are not staleness and are ignored."""
+    import shutil
+    import subprocess
+
+    dvc = shutil.which("dvc")
+    if dvc is None:
+        pytest.skip("dvc is not installed")
+    proc = subprocess.run([dvc, "status", "--json"], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stale = {}
+    for stage, changes in json.loads(proc.stdout or "{}").items():
+        for change in changes if isinstance(changes, list) else []:
+            if not isinstance(change, dict):
+                continue
+            modified = [dep for dep, state in (change.get("changed deps") or {}).items() if state != "deleted"]
+            modified += [f"output {out}" for out, state in (change.get("changed outs") or {}).items() if state == "modified"]
+            if modified or change.get("changed params"):
+                stale[stage] = modified + [f"params: {p}" for p in change.get("changed params") or {}]
+    assert not stale, ("the committed tiny run is stale; rerun it (scripts/run_tiny.sh) and commit results/ and dvc.lock: "
+                       f"{dict(list(stale.items())[:5])}")

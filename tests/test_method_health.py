@@ -44,6 +44,21 @@ def test_implicit_reward_accuracy_on_four_pairs_by_hand():
         health.implicit_margins([1], [1, 2], [1], [1])
 
 
+def test_clustered_standard_error_by_hand():
+    # outcomes 1 1 | 0 0 | 1 0 in three prompts of two pairs: mean 0.5; per-cluster sums of deviations
+    # +1, -1, 0 -> squares 2; se^2 = 3/2 * 2 / 6^2 = 1/12, se = 0.2886751 (the iid se would be 0.2236068:
+    # pairs that agree inside a prompt carry less information than independent ones)
+    est = health.clustered_mean_se([1.0, 1.0, 0.0, 0.0, 1.0, 0.0], ["a", "a", "b", "b", "c", "c"])
+    assert (est.value, est.n) == (0.5, 6) and est.se == pytest.approx(math.sqrt(1 / 12), abs=1e-12)
+    assert health.mean_se([1.0, 1.0, 0.0, 0.0, 1.0, 0.0]).se == pytest.approx(math.sqrt(0.3 / 6), abs=1e-12)
+    # one item per cluster: CR1 = n/(n-1) * sum d^2 / n^2 = the usual sd / sqrt(n)
+    values = [1.0, 2.0, 3.0, 4.0]
+    assert health.clustered_mean_se(values, range(4)).se == pytest.approx(health.mean_se(values).se, abs=1e-12)
+    assert health.pair_accuracy([1.0, 1.0, -1.0, -1.0, 1.0, -1.0], clusters="aabbcc").se == pytest.approx(est.se, abs=1e-12)
+    with pytest.raises(ValueError):
+        health.clustered_mean_se([1.0], ["a", "b"])
+
+
 def test_paired_delta_and_passes_by_hand():
     # differences 1, 3, 2, 2: mean 2, squares 1 1 0 0 -> 2 / 3; se = sqrt(2/3 / 4) = 0.4082483
     delta = health.paired_delta([5.0, 6.0, 4.0, 3.0], [4.0, 3.0, 2.0, 1.0])
@@ -61,6 +76,21 @@ def test_agreement_is_the_label_noise_ceiling_by_hand():
     clean, noisy = [1, 2, 2, 1], [1, 2, 1, 1]
     est = health.agreement(clean, noisy)
     assert est.value == 0.75 and est.se == pytest.approx(0.25, abs=1e-12)  # sd sqrt(0.25) / sqrt(4)
+
+
+def test_one_set_of_margins_checked_against_noisy_and_clean_labels_by_hand():
+    # margins of output 1 over output 2 on four pairs; clean labels 1 1 2 2, the noisy ones flip pair 2
+    margins_12 = [3.0, 1.0, -2.0, 0.5]
+    clean, noisy = [1, 1, 2, 2], [1, 2, 2, 2]
+    assert health.oriented(margins_12, clean) == [3.0, 1.0, 2.0, -0.5]  # right, right, right, wrong
+    assert health.pair_accuracy(health.oriented(margins_12, clean)).value == 0.75
+    # the flipped pair turns a right ranking into a wrong one: 2 of 4 -- noise lowers the measured accuracy
+    assert health.oriented(margins_12, noisy) == [3.0, -1.0, 2.0, -0.5]
+    assert health.pair_accuracy(health.oriented(margins_12, noisy)).value == 0.5
+    with pytest.raises(ValueError):
+        health.oriented([1.0], [0])  # a tie (0) must be binarized first
+    with pytest.raises(ValueError):
+        health.oriented([1.0, 2.0], [1])
 
 
 def test_win_deltas_pair_by_instruction_by_hand():

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from afarm.models.generate import GenerationConfig, _next_tokens, generate, generate_samples
+from afarm.models.generate import GenerationConfig, _next_tokens, generate, generate_samples, generate_samples_finished
 from afarm.models.lm import ModelConfig, build_model, load_model, num_parameters, save_model
 from afarm.models.prompts import format_prompt
 from afarm.models.tokenizer import train_tokenizer
-from afarm.models.train import IGNORE_INDEX, TrainConfig, collate, evaluate_loss, tokenize_example, train_causal_lm
+from afarm.models.train import IGNORE_INDEX, TrainConfig, collate, evaluate_loss, tokenize_example, tokenize_examples, train_causal_lm
 
 PAIRS = [
     ("What is two plus three?", "Five."),
@@ -89,6 +89,11 @@ def test_response_only_labels_by_hand(tok):
     assert full["labels"] == [IGNORE_INDEX] + full["input_ids"][1:]
     short = tokenize_example(tok, prompt, response, max_length=len(p_ids) + 1, response_only=True)
     assert short["labels"] == [IGNORE_INDEX] * len(p_ids) + r_ids[:1]
+    # a response cut off at the generation cap: no EOS to learn after it
+    cut = tokenize_example(tok, prompt, response, max_length=64, response_only=True, eos=False)
+    assert cut["input_ids"] == p_ids + r_ids and cut["labels"] == [IGNORE_INDEX] * len(p_ids) + r_ids
+    data, _ = tokenize_examples(tok, [(prompt, response, False), (prompt, response)], TrainConfig(max_length=64), response_only=True)
+    assert data == [cut, ex]  # triples carry the flag; pairs end with EOS
 
     long = tokenize_example(tok, prompt + " and more words here", response, max_length=64, response_only=True)
     batch = collate([ex, long], tok.pad_token_id)
@@ -211,6 +216,21 @@ def test_generation_stops_at_eos(tok, memorized):
         assert generate(model, tok, prompts[:3], cfg) == ["", "", ""]
     finally:
         hook.remove()
+
+
+def test_finished_flags_mark_the_samples_cut_off_at_the_cap(tok, memorized):
+    model, _ = memorized
+    prompts = [p for p, _ in EXAMPLES]
+    cfg = GenerationConfig(**{**GREEDY.__dict__, "max_new_tokens": 40, "batch_size": 8, "num_samples": 1})
+    full, done = generate_samples_finished(model, tok, prompts, cfg)
+    assert [s[0] for s in full] == [r for _, r in EXAMPLES] and all(f == [True] for f in done)  # each reached its EOS
+    assert generate_samples(model, tok, prompts, cfg) == full
+    # a cap of 2 tokens: every response longer than 2 tokens is cut off (not finished) and is the full one's prefix
+    capped, done = generate_samples_finished(model, tok, prompts, GenerationConfig(**{**cfg.__dict__, "max_new_tokens": 2}))
+    for (_, response), text, flags in zip(EXAMPLES, capped, done):
+        n = len(tok(response, add_special_tokens=False)["input_ids"])
+        assert flags == [n < 2] and response.startswith(text[0])
+    assert not all(f[0] for f in done)
 
 
 def test_sampling_is_seeded_and_order_independent(tok):

@@ -19,7 +19,7 @@ import torch
 
 from afarm import distributed
 from afarm.methods.reward_model import encode, load_reward_model, score
-from afarm.models.generate import GenerationConfig, generate_samples
+from afarm.models.generate import GenerationConfig, generate_samples_finished
 from afarm.models.lm import DTYPES, torch_threads
 
 
@@ -52,15 +52,17 @@ def best_of_n_select(samples: Sequence[Sequence[str]], rewards) -> tuple[list[st
     return [s[i] for s, i in zip(samples, index)], index
 
 
-def sample_and_score(policy, policy_tokenizer, reward_model, reward_tokenizer, prompts: Sequence[str], cfg: BestOfNConfig) -> tuple[list[list[str]], torch.Tensor]:
-    """``cfg.n`` samples per prompt and their rewards, a ``[len(prompts), n]`` float tensor."""
+def sample_and_score(policy, policy_tokenizer, reward_model, reward_tokenizer, prompts: Sequence[str],
+                     cfg: BestOfNConfig) -> tuple[list[list[str]], torch.Tensor, list[list[bool]]]:
+    """``cfg.n`` samples per prompt, their rewards (a ``[len(prompts), n]`` float tensor) and whether each
+    finished (EOS within the generation cap; ``afarm.models.generate.generate_samples_finished``)."""
     gen = GenerationConfig(**{**vars(cfg.generation), "num_samples": cfg.n})
-    samples = generate_samples(policy, policy_tokenizer, prompts, gen)
+    samples, finished = generate_samples_finished(policy, policy_tokenizer, prompts, gen)
     flat_prompts = [p for p in prompts for _ in range(cfg.n)]
     flat_samples = [s for per_prompt in samples for s in per_prompt]
     with torch_threads(gen.num_threads):
         rewards = score_data_parallel(reward_model, reward_tokenizer, flat_prompts, flat_samples, cfg.score_batch_size)
-    return samples, rewards.view(len(prompts), cfg.n)
+    return samples, rewards.view(len(prompts), cfg.n), finished
 
 
 def score_data_parallel(reward_model, tokenizer, prompts: Sequence[str], responses: Sequence[str], batch_size: int) -> torch.Tensor:
@@ -99,9 +101,10 @@ def best_of_n(policy, policy_tokenizer, reward_model, reward_tokenizer, prompts:
     """Best-of-n outputs for formatted ``prompts``.
 
     Returns ``{"outputs": [str], "indices": [int], "rewards": [n floats per prompt],
-    "samples": [n strings per prompt]}``.
+    "samples": [n strings per prompt], "finished": [bool per output: EOS within the generation cap]}``.
     """
-    samples, rewards = sample_and_score(policy, policy_tokenizer, reward_model, reward_tokenizer, prompts, cfg)
+    samples, rewards, finished = sample_and_score(policy, policy_tokenizer, reward_model, reward_tokenizer, prompts, cfg)
     outputs, indices = best_of_n_select(samples, rewards)
-    return {"outputs": outputs, "indices": indices, "rewards": rewards.tolist(), "samples": samples}
+    return {"outputs": outputs, "indices": indices, "rewards": rewards.tolist(), "samples": samples,
+            "finished": [f[i] for f, i in zip(finished, indices)]}
 

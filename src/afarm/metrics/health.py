@@ -12,7 +12,10 @@ The measures (``afarm.stages.method_health`` computes their inputs from the mode
   sample minus that of the SFT model's sample for the same prompt, or a win-rate delta.
 - ``pair_accuracy``: share of held-out preference pairs whose margin (chosen - rejected) is
   positive; a tie counts one half, so a method that has not moved (all margins 0) scores
-  exactly 0.5, chance.
+  exactly 0.5, chance. Pairs drawn on the same prompt are correlated: given the pairs' prompts,
+  its standard error is cluster-robust (``clustered_mean_se``).
+- ``oriented``: margins of output 1 over output 2 turned chosen-minus-rejected by a labelling, so
+  one set of model scores is checked against several labellings (noisy and clean).
 - ``implicit_margins``: DPO's implicit reward margin with respect to a reference model,
   ``(logp_w - ref_w) - (logp_l - ref_l)``; beta > 0 only scales it, so its sign (and the
   accuracy) does not depend on beta.
@@ -50,11 +53,33 @@ def mean_se(values: Sequence[float]) -> Estimate:
     return Estimate(mean, math.sqrt(var / n), n)
 
 
-def paired_delta(after: Sequence[float], before: Sequence[float]) -> Estimate:
-    """Mean and standard error of ``after[i] - before[i]`` (the same held-out items, in the same order)."""
+def clustered_mean_se(values: Sequence[float], clusters: Sequence) -> Estimate:
+    """Mean of ``values`` and its cluster-robust standard error, for items that come in correlated groups
+    (several held-out pairs on one prompt): ``se^2 = G/(G-1) * sum_g (sum_{i in g} (v_i - mean))^2 / n^2`` over
+    the ``G`` clusters (the CR1 sandwich estimator of a mean; with one item per cluster it is the usual
+    ``sd / sqrt(n)``). ``Estimate.n`` stays the number of items."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values to average")
+    if len(clusters) != n:
+        raise ValueError(f"{n} values but {len(clusters)} cluster labels")
+    mean = math.fsum(values) / n
+    sums: dict = {}
+    for v, c in zip(values, clusters):
+        sums[c] = sums.get(c, 0.0) + (v - mean)
+    g = len(sums)
+    if g < 2:
+        return Estimate(mean, 0.0, n)
+    return Estimate(mean, math.sqrt(g / (g - 1) * math.fsum(x * x for x in sums.values())) / n, n)
+
+
+def paired_delta(after: Sequence[float], before: Sequence[float], clusters: Sequence | None = None) -> Estimate:
+    """Mean and standard error of ``after[i] - before[i]`` (the same held-out items, in the same order);
+    cluster-robust over ``clusters`` when given (several samples per prompt)."""
     if len(after) != len(before):
         raise ValueError(f"paired measures need equal lengths, got {len(after)} and {len(before)}")
-    return mean_se([a - b for a, b in zip(after, before)])
+    deltas = [a - b for a, b in zip(after, before)]
+    return mean_se(deltas) if clusters is None else clustered_mean_se(deltas, clusters)
 
 
 def shifted(estimate: Estimate, baseline: float) -> Estimate:
@@ -67,9 +92,21 @@ def pair_outcomes(margins: Sequence[float]) -> list[float]:
     return [1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins]
 
 
-def pair_accuracy(margins: Sequence[float]) -> Estimate:
-    """Share of pairs with margin > 0, ties counting 1/2, and its standard error."""
-    return mean_se(pair_outcomes(margins))
+def oriented(margins: Sequence[float], labels: Sequence[int]) -> list[float]:
+    """Margins of output 1 over output 2, turned into chosen-minus-rejected margins by ``labels``
+    (1: output 1 preferred, 2: output 2 preferred)."""
+    if len(margins) != len(labels):
+        raise ValueError(f"{len(margins)} margins but {len(labels)} labels")
+    if any(lab not in (1, 2) for lab in labels):
+        raise ValueError("labels must be 1 or 2 (binarized preferences)")
+    return [m if lab == 1 else -m for m, lab in zip(margins, labels)]
+
+
+def pair_accuracy(margins: Sequence[float], clusters: Sequence | None = None) -> Estimate:
+    """Share of pairs with margin > 0, ties counting 1/2, and its standard error (cluster-robust over
+    ``clusters``, e.g. the pairs' prompts, when given: ``clustered_mean_se``)."""
+    outcomes = pair_outcomes(margins)
+    return mean_se(outcomes) if clusters is None else clustered_mean_se(outcomes, clusters)
 
 
 def implicit_margins(policy_chosen: Sequence[float], policy_rejected: Sequence[float],

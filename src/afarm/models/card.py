@@ -20,9 +20,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 
+from afarm.io import sha256_file
 from afarm.models.prompts import chat_template
 
 
@@ -35,14 +35,6 @@ class ModelCard:
     params: dict[str, object] = field(default_factory=dict)  # params section name -> resolved config (dataclass or dict)
     prompt_prefix: str = ""  # control token put before every prompt at generation time ("" for none)
     generation: object | None = None  # afarm GenerationConfig of the evaluation decoding; None: not a generator
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def params_hash(config) -> str:

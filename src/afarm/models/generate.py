@@ -142,6 +142,14 @@ def generate_samples(model, tokenizer, prompts: Sequence[str], cfg: GenerationCo
     every prompt itself (e.g. its own share of rollouts, or a sharded FSDP model, whose ranks
     must all run the same forward passes).
     """
+    return generate_samples_finished(model, tokenizer, prompts, cfg, data_parallel)[0]
+
+
+def generate_samples_finished(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig,
+                              data_parallel: bool = True) -> tuple[list[list[str]], list[list[bool]]]:
+    """``generate_samples``, and for each completion whether it *finished*: the model emitted EOS within
+    ``cfg.max_new_tokens``. An unfinished one was cut off by the cap; training on it must not teach the
+    model to stop there (``afarm.models.train.tokenize_example``'s ``eos``)."""
     if data_parallel and distributed.world_size() > 1 and _is_sharded(model):
         raise distributed.DistributedError("a sharded (FSDP) model cannot generate data-parallel: each rank needs a full "
                                            "copy; pass data_parallel=False to generate the same batches on every rank")
@@ -156,7 +164,7 @@ def _is_sharded(model) -> bool:
     return isinstance(model, (FSDPModule, FullyShardedDataParallel))
 
 
-def _generate_samples(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig, data_parallel: bool) -> list[list[str]]:
+def _generate_samples(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig, data_parallel: bool) -> tuple[list[list[str]], list[list[bool]]]:
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer needs a pad token for batched generation")
     eos_id = tokenizer.eos_token_id
@@ -166,7 +174,7 @@ def _generate_samples(model, tokenizer, prompts: Sequence[str], cfg: GenerationC
     items.sort(key=lambda item: -len(prompt_ids[item[0]]))  # stable: ties keep input order
     batches = [items[start : start + cfg.batch_size] for start in range(0, len(items), cfg.batch_size)]
     mine = distributed.batches_of_rank(len(batches)) if data_parallel else range(len(batches))
-    texts: dict[tuple[int, int], str] = {}
+    texts: dict[tuple[int, int], tuple[str, bool]] = {}  # (text, finished)
     was_training = model.training
     model.eval()
     bar = tqdm(total=sum(len(batches[b]) for b in mine), desc="generate",
@@ -182,7 +190,7 @@ def _generate_samples(model, tokenizer, prompts: Sequence[str], cfg: GenerationC
         generators = [torch.Generator().manual_seed(sample_seed(cfg.seed, prompts[i], j)) for i, j in chunk]
         outputs = _generate_batch(model, input_ids.to(device), attention_mask.to(device), cfg, generators, eos_id)
         for item, ids in zip(chunk, outputs):
-            texts[item] = tokenizer.decode(ids, skip_special_tokens=True).strip()
+            texts[item] = (tokenizer.decode(ids, skip_special_tokens=True).strip(), len(ids) < cfg.max_new_tokens)  # EOS excluded
         bar.update(len(chunk))
     bar.close()
     model.train(was_training)
@@ -190,7 +198,8 @@ def _generate_samples(model, tokenizer, prompts: Sequence[str], cfg: GenerationC
         log.info("rank %d of %d generated %d of %d samples (%d of %d batches)", distributed.rank(),
                  distributed.world_size(), len(texts), len(items), len(mine), len(batches))
         texts = distributed.merge_from_ranks(texts)
-    return [[texts[(i, j)] for j in range(cfg.num_samples)] for i in range(len(prompts))]
+    return ([[texts[(i, j)][0] for j in range(cfg.num_samples)] for i in range(len(prompts))],
+            [[texts[(i, j)][1] for j in range(cfg.num_samples)] for i in range(len(prompts))])
 
 
 def generate(model, tokenizer, prompts: Sequence[str], cfg: GenerationConfig, data_parallel: bool = True) -> list[str]:

@@ -66,12 +66,15 @@ class TrainConfig:
 # ---------------------------------------------------------------- data
 
 
-def tokenize_example(tokenizer, prompt: str, response: str, max_length: int, response_only: bool) -> dict:
-    """``input_ids`` = BOS + prompt + response + EOS (truncated to max_length), and its ``labels``."""
+def tokenize_example(tokenizer, prompt: str, response: str, max_length: int, response_only: bool, eos: bool = True) -> dict:
+    """``input_ids`` = BOS + prompt + response + EOS (truncated to max_length), and its ``labels``.
+
+    ``eos=False`` leaves EOS out: for a sampled response that did not finish (cut off at the generation
+    cap), so that training on it does not teach the model to stop mid-answer."""
     prompt_ids = tokenizer(prompt)["input_ids"]  # the tokenizer adds BOS
     if not prompt_ids or prompt_ids[0] != tokenizer.bos_token_id:
         prompt_ids = [tokenizer.bos_token_id] + prompt_ids
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if eos else [])
     input_ids = (prompt_ids + response_ids)[:max_length]
     if response_only:
         labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_length]
@@ -95,8 +98,9 @@ def collate(features: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tens
 
 
 def tokenize_examples(tokenizer, examples, cfg: TrainConfig, response_only: bool) -> tuple[list[dict], int]:
-    """Tokenize all pairs; drop those with no label token left after truncation. Returns (data, dropped)."""
-    data = [tokenize_example(tokenizer, p, r, cfg.max_length, response_only) for p, r in examples]
+    """Tokenize all examples, ``(prompt, response)`` or ``(prompt, response, eos)`` (``tokenize_example``);
+    drop those with no label token left after truncation. Returns (data, dropped)."""
+    data = [tokenize_example(tokenizer, ex[0], ex[1], cfg.max_length, response_only, *ex[2:]) for ex in examples]
     kept = [d for d in data if sum(label != IGNORE_INDEX for label in d["labels"][1:]) > 0]
     return kept, len(data) - len(kept)
 
@@ -138,8 +142,9 @@ def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=cfg.adam_betas, eps=cfg.adam_eps)
 
 
-def train_causal_lm(model, tokenizer, examples: Sequence[tuple[str, str]], cfg: TrainConfig, response_only: bool) -> dict:
-    """Train ``model`` in place on (prompt, response) pairs; return training statistics.
+def train_causal_lm(model, tokenizer, examples: Sequence[tuple], cfg: TrainConfig, response_only: bool) -> dict:
+    """Train ``model`` in place on (prompt, response) pairs, or (prompt, response, eos) triples (``eos``
+    False: a response cut off at the generation cap, trained without EOS); return training statistics.
 
     Returns a dict with ``losses``, ``learning_rates`` and ``grad_norms`` (total, before clipping;
     one per optimizer step), ``num_steps``,

@@ -51,8 +51,8 @@ def main(args, params) -> None:
     if args.log:
         write_curve(args.log, curve_columns(stats))
     write_json(args.data, [
-        {"instruction": r["instruction"], "input": r["input"], "output": out, "reward": rewards[i], "index": i}
-        for r, out, rewards, i in zip(rows, best["outputs"], best["rewards"], best["indices"])
+        {"instruction": r["instruction"], "input": r["input"], "output": out, "reward": rewards[i], "index": i, "finished": done}
+        for r, out, rewards, i, done in zip(rows, best["outputs"], best["rewards"], best["indices"], best["finished"])
     ])
     chosen = [rewards[i] for rewards, i in zip(best["rewards"], best["indices"])]
     write_json(args.metrics, {
@@ -60,6 +60,7 @@ def main(args, params) -> None:
         "num_instructions": len(rows),
         "mean_reward_best": sum(chosen) / len(chosen),
         "mean_reward_all_samples": sum(map(sum, best["rewards"])) / (len(rows) * cfg.best_of_n.n),
+        "fraction_unfinished": 1 - sum(best["finished"]) / len(rows),  # cut off at the cap: trained without EOS
         "num_steps": stats["num_steps"],
         "train_loss_first": stats["losses"][0],
         "train_loss_last": stats["losses"][-1],

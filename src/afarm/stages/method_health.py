@@ -7,18 +7,22 @@ with the world's training decoding (``preference_data.generation``); consecutive
 held-out preference pairs, judged by the world's training labeller (``preference_data.annotators``,
 label noise included) and by its clean counterpart (``method_health.clean_annotators``).
 
-One row per check (``afarm.metrics.health``: every gain with its standard error; a check passes
-when the gain exceeds ``k`` standard errors):
+One row per check (``afarm.metrics.health``: every gain with its standard error, cluster-robust over
+prompts for the pair accuracies; a check passes when the gain exceeds ``k`` standard errors):
 
 - sft, sft_52k: per-example response loss on the evaluation set's reference answers, base model -> trained.
-- reward_model: pairwise accuracy on the held-out pairs' (noisy) labels, vs chance 0.5; beside it the
-  ceiling that the label noise allows (the clean judge's agreement with the noisy labels) and the
-  reward model's agreement with the clean judge.
+- The pair checks (reward model, DPO, FeedME, reward conditioning) score the held-out pairs against the
+  clean labels when the world has a clean labeller (sim: the pool without its label flips): a flip is a
+  coin toss independent of the pair, so it carries nothing a method could learn, and it halves the
+  measurable gain (expected noisy accuracy = 0.25 + 0.5 x clean accuracy at p_label_flip 0.25) at the same
+  standard error. Each row also gives its accuracy on the noisy training-style labels.
+- reward_model: pairwise accuracy on the held-out pairs, vs chance 0.5; beside it the accuracy on the noisy
+  labels and the ceiling that their noise allows (the clean judge's agreement with them).
 - dpo, feedme: accuracy of the implicit reward ``log pi(y) - log pi_sft(y)`` on the held-out pairs, vs 0.5.
 - reward_conditioning: accuracy of ``log pi(y | good) - log pi(y | bad)`` on the pairs, vs 0.5; and
   (row reward_conditioning_control) the reward-model score of samples with the good token minus the bad one.
-- ppo, quark, expert_iteration: the world's reward-model score of one policy sample per prompt minus that
-  of the SFT model's first sample (same prompt, same sampling seed); beside it the log-ratio
+- ppo, quark, expert_iteration: the world's reward-model score of ``policy_samples`` policy samples per prompt
+  minus that of the SFT model's first ``policy_samples`` samples (same prompt, same sampling seeds); beside it the log-ratio
   ``log pi(y) - log pi_sft(y)`` over the policy's samples, an estimate of KL(policy || SFT) in nats.
 - best_of_n: the reward-model score of the best of the SFT model's first ``n`` samples minus the first.
 - every row: the evaluation-side win-rate delta over its baseline under the world's evaluator (the
@@ -61,6 +65,10 @@ class MethodHealthConfig:
     pairs_per_prompt: int = 1
     # SFT samples per prompt for the best-of-n row: upstream's n = 16 (README best-of-n command).
     best_of_n: int = 16
+    # Samples per validation prompt of each policy (PPO, Quark, expert iteration; reward conditioning with each
+    # token) and of SFT, compared pairwise by the reward model (our choice; paper 1 on 2000 prompts; tiny 4 on
+    # 200, as one sample per prompt leaves an SE near 0.06 from sampling alone). The SE is cluster-robust.
+    policy_samples: int = 1
     # A check passes when the gain exceeds k standard errors (our choice: 2, one-sided ~2.3% by chance).
     k: float = 2.0
     # The labeller without label noise, per preference set (None: that column is left out). The ceiling an
@@ -118,9 +126,10 @@ def main(args, params) -> None:
     rows = read_records(args.validation, required=("instruction", "input"), nonempty=("instruction",),
                         types={"instruction": str, "input": str})
     prompts = [format_prompt(r["instruction"], r["input"]) for r in rows]
-    n_samples = max(2 * cfg.pairs_per_prompt, cfg.best_of_n)
+    n_samples = max(2 * cfg.pairs_per_prompt, cfg.best_of_n, cfg.policy_samples)
     gen = GenerationConfig(**{**vars(pdata.generation), "num_samples": n_samples, "show_progress": False})
-    one = GenerationConfig(**{**vars(gen), "num_samples": 1})
+    many = GenerationConfig(**{**vars(gen), "num_samples": cfg.policy_samples})
+    k_prompts = [p for p in prompts for _ in range(cfg.policy_samples)]  # prompt of each policy sample (its cluster)
     sft, tokenizer = load_for_generation(args.sft, gen)
     sft_samples = generate_samples(sft, tokenizer, prompts, gen)
 
@@ -147,12 +156,25 @@ def main(args, params) -> None:
     noisy = [r["preference"] for r in binarize([{**r, "preference": lab} for r, lab in zip(records, labels["labels"])], pdata.seed)]
     clean = ([r["preference"] for r in binarize([{**r, "preference": lab} for r, lab in zip(records, labels["clean"])], pdata.seed)]
              if "clean" in labels else None)
+    # The pair checks use the labeller without its label noise when the world's labeller has some (sim): a flip
+    # is a coin toss independent of the pair, which no method can learn; it halves the gain over chance that
+    # noisy labels show (expected accuracy 0.25 + 0.5 x the clean one at p_label_flip 0.25) at the same SE.
+    # The accuracy on the noisy training-style labels is reported beside it (labels_accuracy).
+    truth = clean if clean is not None else noisy
     pair_prompts = [r["prompt"] for r in records]
-    chosen = [r["output_1"] if lab == 1 else r["output_2"] for r, lab in zip(records, noisy)]
-    rejected = [r["output_2"] if lab == 1 else r["output_1"] for r, lab in zip(records, noisy)]
+    out_1, out_2 = [r["output_1"] for r in records], [r["output_2"] for r in records]
+    held_out = "validation pairs, clean labels" if clean is not None else "validation pairs"
 
     def logps(model, tok, texts, prefix=""):
         return response_logps(model, tok, [prefix + p for p in pair_prompts], texts, cfg.max_length, cfg.batch_size, cfg.num_threads)[0]
+
+    def accuracy(margins_12: list[float]) -> tuple[health.Estimate, dict]:
+        """Accuracy of margins (output 1 over output 2) on the check's labels, and on the noisy and clean ones."""
+        extra = {"labels_accuracy": health.pair_accuracy(health.oriented(margins_12, noisy)).value}
+        if clean is not None:
+            extra["clean_accuracy"] = health.pair_accuracy(health.oriented(margins_12, clean)).value
+        # the pairs of one prompt are correlated: a cluster-robust standard error over prompts
+        return health.pair_accuracy(health.oriented(margins_12, truth), clusters=pair_prompts), extra
 
     table: list[dict] = []
     wins = _annotations(args.annotations)
@@ -180,70 +202,66 @@ def main(args, params) -> None:
     del base, model  # SFT, the checked model and the base or reward model at most (afarm.memory_plan)
 
     log.info("SFT rows done")
-    # ---- reward model: accuracy on the noisy held-out labels, ceiling, agreement with the clean judge
+    # ---- reward model: accuracy on the held-out labels, beside the noise ceiling of the noisy ones
     rm, rm_tok = load_reward_model(args.reward_model)
 
     def rm_score(ps, texts):
         return score(rm, rm_tok, list(ps), list(texts), cfg.batch_size).tolist()
 
-    s1, s2 = rm_score(pair_prompts, [r["output_1"] for r in records]), rm_score(pair_prompts, [r["output_2"] for r in records])
-    signed = [a - b if lab == 1 else b - a for a, b, lab in zip(s1, s2, noisy)]
-    acc = health.pair_accuracy(signed)
-    extra = {}
+    s1, s2 = rm_score(pair_prompts, out_1), rm_score(pair_prompts, out_2)
+    acc, extra = accuracy([a - b for a, b in zip(s1, s2)])
     if clean is not None:
         extra["ceiling"] = health.agreement(clean, noisy).value
-        extra["clean_agreement"] = health.pair_accuracy([a - b if lab == 1 else b - a for a, b, lab in zip(s1, s2, clean)]).value
-    table.append(_row("reward_model", "pairwise accuracy on held-out labels", "validation pairs", 0.5, acc.value,
+    table.append(_row("reward_model", "pairwise accuracy", held_out, 0.5, acc.value,
                       health.shifted(acc, 0.5), cfg.k, **extra))  # the RM has no outputs of its own to judge
 
     # ---- DPO, FeedME: implicit reward log pi - log pi_sft on the held-out pairs
-    ref_w, ref_l = logps(sft, tokenizer, chosen), logps(sft, tokenizer, rejected)
+    ref_1, ref_2 = logps(sft, tokenizer, out_1), logps(sft, tokenizer, out_2)
     for name, path in (("dpo", args.dpo), ("feedme", args.feedme)):
         model, tok = load_model(path)
-        margins = health.implicit_margins(logps(model, tok, chosen), logps(model, tok, rejected), ref_w, ref_l)
-        acc = health.pair_accuracy(margins)
-        table.append(_row(name, "implicit-reward accuracy (ref: SFT)", "validation pairs", 0.5, acc.value,
-                          health.shifted(acc, 0.5), cfg.k, **win(f"{name}_{pset}")))
+        acc, extra = accuracy(health.implicit_margins(logps(model, tok, out_1), logps(model, tok, out_2), ref_1, ref_2))
+        table.append(_row(name, "implicit-reward accuracy (ref: SFT)", held_out, 0.5, acc.value,
+                          health.shifted(acc, 0.5), cfg.k, **extra, **win(f"{name}_{pset}")))
 
     # ---- reward conditioning: log pi(y | good) - log pi(y | bad), and RM score of good vs bad samples
-    model, tok = load_for_generation(args.reward_conditioning, one)
+    model, tok = load_for_generation(args.reward_conditioning, many)
     good = _prefix(tok, args.reward_conditioning)
     if not good:
         raise InputError(args.reward_conditioning, "the chat template has no control token (the positive token)")
-    margins = health.implicit_margins(logps(model, tok, chosen, good), logps(model, tok, rejected, good),
-                                      logps(model, tok, chosen, rc.negative_token), logps(model, tok, rejected, rc.negative_token))
-    acc = health.pair_accuracy(margins)
-    table.append(_row("reward_conditioning", "control-token accuracy: log p(y|good) - log p(y|bad)", "validation pairs", 0.5,
-                      acc.value, health.shifted(acc, 0.5), cfg.k, **win(f"reward_conditioning_{pset}")))
-    with_good = [s[0] for s in generate_samples(model, tok, [good + p for p in prompts], one)]
-    with_bad = [s[0] for s in generate_samples(model, tok, [rc.negative_token + p for p in prompts], one)]
-    g, b = rm_score(prompts, with_good), rm_score(prompts, with_bad)
+    acc, extra = accuracy(health.implicit_margins(logps(model, tok, out_1, good), logps(model, tok, out_2, good),
+                                                  logps(model, tok, out_1, rc.negative_token), logps(model, tok, out_2, rc.negative_token)))
+    table.append(_row("reward_conditioning", "control-token accuracy: log p(y|good) - log p(y|bad)", held_out, 0.5,
+                      acc.value, health.shifted(acc, 0.5), cfg.k, **extra, **win(f"reward_conditioning_{pset}")))
+    with_good = [o for s in generate_samples(model, tok, [good + p for p in prompts], many) for o in s]
+    with_bad = [o for s in generate_samples(model, tok, [rc.negative_token + p for p in prompts], many) for o in s]
+    g, b = rm_score(k_prompts, with_good), rm_score(k_prompts, with_bad)
     table.append(_row("reward_conditioning_control", "RM score: good-token sample - bad-token sample", "validation prompts",
-                      sum(b) / len(b), sum(g) / len(g), health.paired_delta(g, b), cfg.k, **win(f"reward_conditioning_{pset}")))
+                      sum(b) / len(b), sum(g) / len(g), health.paired_delta(g, b, clusters=k_prompts), cfg.k,
+                      **win(f"reward_conditioning_{pset}")))
 
     log.info("pair rows done")
     # ---- PPO, Quark, expert iteration: RM score of the policy's sample vs the SFT model's, and KL to SFT
-    sft_first = [s[0] for s in sft_samples]
-    sft_scores = rm_score(prompts, sft_first)
+    sft_scores = rm_score(k_prompts, [o for s in sft_samples for o in s[: cfg.policy_samples]])  # SFT's first k samples
     for name in POLICIES:
         path = getattr(args, name)
-        model, tok = load_for_generation(path, one)
+        model, tok = load_for_generation(path, many)
         prefix = _prefix(tok, path)
-        outs = [s[0] for s in generate_samples(model, tok, [prefix + p for p in prompts], one)]
-        scores = rm_score(prompts, outs)
-        lp = response_logps(model, tok, [prefix + p for p in prompts], outs, cfg.max_length, cfg.batch_size, cfg.num_threads)[0]
-        lp_sft = response_logps(sft, tokenizer, prompts, outs, cfg.max_length, cfg.batch_size, cfg.num_threads)[0]
-        kl = health.paired_delta(lp, lp_sft)
+        outs = [o for s in generate_samples(model, tok, [prefix + p for p in prompts], many) for o in s]
+        scores = rm_score(k_prompts, outs)
+        lp = response_logps(model, tok, [prefix + p for p in k_prompts], outs, cfg.max_length, cfg.batch_size, cfg.num_threads)[0]
+        lp_sft = response_logps(sft, tokenizer, k_prompts, outs, cfg.max_length, cfg.batch_size, cfg.num_threads)[0]
+        kl = health.paired_delta(lp, lp_sft, clusters=k_prompts)
         table.append(_row(name, "RM score: policy sample - SFT sample", "validation prompts", sum(sft_scores) / len(sft_scores),
-                          sum(scores) / len(scores), health.paired_delta(scores, sft_scores), cfg.k,
+                          sum(scores) / len(scores), health.paired_delta(scores, sft_scores, clusters=k_prompts), cfg.k,
                           kl_to_sft=kl.value, kl_to_sft_se=kl.se, **win(f"{name}_{pset}")))
 
     # ---- best-of-n: the RM's pick of the SFT model's first n samples vs the first sample
     n = cfg.best_of_n
     flat = rm_score([p for p in prompts for _ in range(n)], [out for s in sft_samples for out in s[:n]])
     best = [max(flat[i * n : (i + 1) * n]) for i in range(len(prompts))]
+    first = [flat[i * n] for i in range(len(prompts))]
     table.append(_row("best_of_n", f"RM score: best of {cfg.best_of_n} SFT samples - first", "validation prompts",
-                      sum(sft_scores) / len(sft_scores), sum(best) / len(best), health.paired_delta(best, sft_scores), cfg.k,
+                      sum(first) / len(first), sum(best) / len(best), health.paired_delta(best, first), cfg.k,
                       **win(f"best_of_n_{pset}")))
 
     for row in table:
@@ -261,7 +279,7 @@ def main(args, params) -> None:
 
 
 CSV_COLUMNS = ("preference_set", "method", "measure", "held_out", "n", "start", "trained", "gain", "se", "z", "passed",
-               "ceiling", "clean_agreement", "kl_to_sft", "kl_to_sft_se", "win_baseline", "win_delta", "win_delta_se")
+               "labels_accuracy", "clean_accuracy", "ceiling", "kl_to_sft", "kl_to_sft_se", "win_baseline", "win_delta", "win_delta_se")
 
 
 def _f(value, digits: int = 3) -> str:
@@ -273,8 +291,11 @@ def markdown(table: list[dict], pset: str, labeller: str, cfg: MethodHealthConfi
         f"### Method health, world `{pset}`: does each method do its job on held-out data?",
         "",
         f"Held out: {n_prompts} validation prompts (no method of this world trained on them) and {n_pairs} pairs of SFT "
-        f"samples on them labelled by `{labeller}` (the training labeller, noise included); SFT rows: the evaluation "
-        f"set's reference answers. Gain ± one standard error; a check passes when gain > {cfg.k:g} SE. "
+        f"samples on them labelled by `{labeller}` (the training labeller, noise included)"
+        + (f" and by `{cfg.clean_annotators.get(pset)}`, the same labeller without its label noise: the pair checks use the "
+           "clean labels (a label flip is a coin toss no method can learn; it halves the measurable gain), the noisy-label "
+           "accuracy is beside them" if cfg.clean_annotators.get(pset) not in (None, labeller) else "")
+        + f"; SFT rows: the evaluation set's reference answers. Gain ± one standard error; a check passes when gain > {cfg.k:g} SE. "
         "Win-rate Δ: the world's evaluator, paired over the evaluation instructions, vs the row's baseline (percentage points).",
         "",
         "| method | measure (held-out data) | start | trained | gain ± SE (n) | passes | context | win-rate Δ ± SE |",
@@ -282,8 +303,8 @@ def markdown(table: list[dict], pset: str, labeller: str, cfg: MethodHealthConfi
     ]
     for r in table:
         context = []
-        if r.get("ceiling") is not None:
-            context.append(f"label-noise ceiling {r['ceiling']:.3f}; agreement with clean judge {r['clean_agreement']:.3f}")
+        if r.get("clean_accuracy") is not None:
+            context.append(f"on the noisy labels {r['labels_accuracy']:.3f}" + (f" (label-noise ceiling {r['ceiling']:.3f})" if r.get("ceiling") is not None else ""))
         if r.get("kl_to_sft") is not None:
             context.append(f"KL to SFT {r['kl_to_sft']:.2f} ± {r['kl_to_sft_se']:.2f} nats")
         wd = (f"{100 * r['win_delta']:+.2f} ± {100 * r['win_delta_se']:.2f} (vs {r['win_baseline']})"
