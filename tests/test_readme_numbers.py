@@ -33,3 +33,20 @@ def test_leaderboard_table_is_the_committed_runs(repo):
     assert readme[start:].splitlines()[: len(rows)] == rows
     judge = board.split("Judge: `")[1].split("`")[0]
     assert f"Judge: `{judge}`" in readme[start:]
+
+
+def _health_summary(repo, pset: str, world: str) -> str:
+    health = json.loads((repo / "results" / "metrics" / f"method_health_{pset}.json").read_text())
+    checks = health["checks"]
+    passed = sum(bool(c["passed"]) for c in checks.values())
+    failed = [name for name, c in checks.items() if not c["passed"]]
+    fails = f" (fails: {', '.join(f'`{name}`' for name in failed)})" if failed else ""
+    return f"{world} world: {passed} of {len(checks)} checks pass{fails}"
+
+
+def test_method_health_summary_is_the_committed_runs(repo):
+    """The README's one-line method-health result per world (how many checks pass, which fail) is the
+    committed run's (results/metrics/method_health_<set>.json)."""
+    text = " ".join(_readme(repo).split())
+    for pset, world in (("sim", "simulated"), ("human", "human")):
+        assert _health_summary(repo, pset, world) in text
