@@ -23,7 +23,7 @@ from afarm import distributed
 from afarm.config import load_params
 from afarm.methods.best_of_n import BestOfNConfig, load_for_scoring, score_data_parallel
 from afarm.methods.reward_model import init_reward_model, save_reward_model, score
-from afarm.models.generate import GenerationConfig, generate, generate_samples, load_for_generation
+from afarm.models.generate import GenerationConfig, generate, generate_samples, generate_samples_finished, load_for_generation
 from afarm.models.lm import ModelConfig, build_model, save_model
 from afarm.models.prompts import format_prompt
 from afarm.models.tokenizer import train_tokenizer
@@ -76,13 +76,14 @@ def workspace(tmp_path_factory):
     return root
 
 
-def _shares(monkeypatch, run) -> list[dict]:
-    """What each of two simulated ranks computes when ``run()`` goes data-parallel (before the merge)."""
+def _shares(monkeypatch, run, missing=0.0) -> list[dict]:
+    """What each of two simulated ranks computes when ``run()`` goes data-parallel (before the merge; the
+    other rank's results read as ``missing``)."""
     shares: list[dict] = []
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     for r in (0, 1):
         monkeypatch.setattr(distributed, "rank", lambda r=r: r)
-        monkeypatch.setattr(distributed, "merge_from_ranks", lambda local: shares.append(local) or _Everything())
+        monkeypatch.setattr(distributed, "merge_from_ranks", lambda local: shares.append(local) or _Everything(missing))
         run()
     monkeypatch.undo()
     assert shares[0] and shares[1] and not shares[0].keys() & shares[1].keys()
@@ -90,8 +91,12 @@ def _shares(monkeypatch, run) -> list[dict]:
 
 
 class _Everything(dict):
+    def __init__(self, missing):
+        super().__init__()
+        self.missing = missing
+
     def __missing__(self, key):
-        return 0.0
+        return self.missing
 
 
 def test_each_rank_computes_exactly_what_one_process_computes_for_its_batches(workspace, monkeypatch):
@@ -99,9 +104,10 @@ def test_each_rank_computes_exactly_what_one_process_computes_for_its_batches(wo
     rm, rm_tok = load_for_scoring(workspace / "rm", BestOfNConfig())
     prompts = [format_prompt(i) for i in INSTRUCTIONS]
     cfg = GenerationConfig(**{**SAMPLING, "batch_size": 2, "num_samples": 2})  # 14 samples: 7 batches
-    alone = generate_samples(model, tok, prompts, cfg)
-    shares = _shares(monkeypatch, lambda: generate_samples(model, tok, prompts, cfg))
-    assert {**shares[0], **shares[1]} == {(i, j): alone[i][j] for i in range(len(prompts)) for j in range(2)}
+    alone, finished = generate_samples_finished(model, tok, prompts, cfg)
+    assert alone == generate_samples(model, tok, prompts, cfg)
+    shares = _shares(monkeypatch, lambda: generate_samples(model, tok, prompts, cfg), missing=("", True))  # (text, finished)
+    assert {**shares[0], **shares[1]} == {(i, j): (alone[i][j], finished[i][j]) for i in range(len(prompts)) for j in range(2)}
     responses = [s for per in alone for s in per]
     flat = [p for p in prompts for _ in range(2)]
     rewards = score(rm, rm_tok, flat, responses, 4)  # 14 pairs: 4 batches
