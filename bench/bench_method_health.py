@@ -74,7 +74,8 @@ def check_expert_iteration(seed: int, params: dict, root: Path, pset: str, hcfg:
     cfg = with_seed(stage_config(params, "expert_iteration", ExpertIterationStageConfig), seed)
     selected = json.loads((root / "data" / "expert_iteration" / f"{pset}.json").read_text())
     model, tok = load_model(str(root / "models" / "sft"), dtype="float32")
-    train_on_best(model, tok, [format_prompt(r["instruction"], r["input"]) for r in selected], {"outputs": [r["output"] for r in selected], "finished": [r.get("finished", True) for r in selected]}, cfg)
+    best = {"outputs": [r["output"] for r in selected], "finished": [r["finished"] for r in selected]}  # a run of this code
+    train_on_best(model, tok, [format_prompt(r["instruction"], r["input"]) for r in selected], best, cfg)
     sft, sft_tok = load_model(str(root / "models" / "sft"))
     prompts = [format_prompt(r["instruction"], r["input"]) for r in json.loads((root / "data" / "splits" / "validation.json").read_text())]
     one = GenerationConfig(**{**vars(stage_config(params, "preference_data", PreferenceDataConfig).generation), "num_samples": 1, "show_progress": False})
