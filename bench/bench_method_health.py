@@ -117,7 +117,7 @@ def check(method: str, seed: int, params: dict, prefs: list[dict], pairs, sft: s
             good, bad = cfg.positive_token, cfg.negative_token
             margins = health.implicit_margins(lp(model, mtok, out_1, good), lp(model, mtok, out_2, good),
                                               lp(model, mtok, out_1, bad), lp(model, mtok, out_2, bad))
-    acc = health.pair_accuracy(health.oriented(margins, labels))
+    acc = health.pair_accuracy(health.oriented(margins, labels), clusters=prompts)  # cluster-robust over prompts, as the stage
     gain = health.shifted(acc, 0.5)
     return {"method": method, "seed": seed, "accuracy": acc.value, "se": acc.se, "n": acc.n, "z": gain.value / gain.se if gain.se else None,
             "passed": health.passes(gain, hcfg.k), "seconds": round(time.perf_counter() - start, 1)}

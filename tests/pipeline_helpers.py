@@ -26,6 +26,7 @@ REDUCED = {
         "train": {"num_epochs": 1, "max_length": 128},
     },
     "sft": {"train": {"num_epochs": 1, "max_length": {"tiny": 128}}},
+    "sft_52k": {"train": {"num_epochs": {"tiny": 1}, "max_length": {"tiny": 128}}},
     "generate": {"max_new_tokens": {"tiny": 16}},
     "preference_data": {"limit": {"tiny": 16}, "generation": {"max_new_tokens": {"tiny": 16}}},
     "reward_model": {"num_epochs": {"tiny": 1}, "eval_size": {"tiny": 4}, "max_length": {"tiny": 128}},

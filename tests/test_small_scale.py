@@ -78,6 +78,16 @@ def test_tiny_resolved_params_are_unchanged():
     assert json.loads(json.dumps(resolved)) == json.loads(SNAPSHOT.read_text())
 
 
+def test_sft_52k_is_the_sft_recipe_but_for_tiny_epochs():
+    """sft_52k shares sft's recipe through a YAML merge key; only the tiny scale's epochs differ (its time)."""
+    params = load_params(REPO / "params.yaml")
+    sft, sft_52k = section(params, "sft")["train"], section(params, "sft_52k")["train"]
+    assert (sft["num_epochs"], sft_52k["num_epochs"]) == (3, 2)
+    assert {k: v for k, v in sft_52k.items() if k != "num_epochs"} == {k: v for k, v in sft.items() if k != "num_epochs"}
+    for scale in ("small", "paper"):
+        assert resolve(params["sft_52k"], scale, "local") == resolve(params["sft"], scale, "local")
+
+
 # ------------------------------------------------------------------ the small scale's params
 
 
@@ -107,7 +117,7 @@ def stage_configs(params: dict) -> dict:
 
     check_params(params)
     classes = {
-        "data": SplitConfig, "base_model": BaseModelConfig, "sft": SFTConfig, "generate": GenerationConfig,
+        "data": SplitConfig, "base_model": BaseModelConfig, "sft": SFTConfig, "sft_52k": SFTConfig, "generate": GenerationConfig,
         "preference_data": PreferenceDataConfig, "reward_model": RewardModelConfig, "best_of_n": BestOfNConfig,
         "expert_iteration": ExpertIterationStageConfig, "ppo": PPOConfig, "quark": QuarkConfig, "dpo": DPOConfig,
         "feedme": FeedMEConfig, "reward_conditioning": RewardConditioningConfig, "published_outputs": PublishedOutputsConfig,
@@ -131,7 +141,8 @@ def test_small_params_build_every_stage_config(tmp_path, judges):
     assert cfg["base_model"].model.pretrained == "Qwen/Qwen2.5-0.5B@060db6499f32faf8b98477b0a26969ef7d8b9987"
     assert cfg["launch"].device_memory_gb == 24 and cfg["launch"].processes == "per_device"
     # the paper's recipe and code path: fp32 masters with bf16 compute, checkpointing, the paper's learning rates
-    for name in ("sft", "feedme", "reward_conditioning", "expert_iteration", "dpo"):
+    assert cfg["sft_52k"] == cfg["sft"]  # SFT 52k: the sft recipe unchanged off the tiny scale
+    for name in ("sft", "sft_52k", "feedme", "reward_conditioning", "expert_iteration", "dpo"):
         train = cfg[name].train
         assert (train.precision, train.gradient_checkpointing) == ("bf16_mixed", True), name
     assert (cfg["ppo"].precision, cfg["reward_model"].precision) == ("bf16_mixed", "bf16_mixed")

@@ -337,7 +337,8 @@ def build_stages() -> list[Stage]:
             outs={"out": model_dir("sft_52k")},
             metrics={"metrics": "results/metrics/sft_52k.json"},
             plots=curve("sft_52k"),
-            params=("scale", "sft", "generate"),  # generate: the folder's generation_config.json
+            params=("scale", "sft_52k", "generate"),  # generate: the folder's generation_config.json
+            args={"section": "sft_52k"},  # its own params section: the sft recipe, tiny 1 epoch
             paper=GPU_TRAIN,
         )
     )

@@ -171,10 +171,15 @@ def main(args, params) -> None:
     def accuracy(margins_12: list[float]) -> tuple[health.Estimate, dict]:
         """Accuracy of margins (output 1 over output 2) on the check's labels, and on the noisy and clean ones."""
         extra = {"labels_accuracy": health.pair_accuracy(health.oriented(margins_12, noisy)).value}
-        if clean is not None:
-            extra["clean_accuracy"] = health.pair_accuracy(health.oriented(margins_12, clean)).value
         # the pairs of one prompt are correlated: a cluster-robust standard error over prompts
-        return health.pair_accuracy(health.oriented(margins_12, truth), clusters=pair_prompts), extra
+        acc = health.pair_accuracy(health.oriented(margins_12, truth), clusters=pair_prompts)
+        if clean is not None:
+            extra["clean_accuracy"] = acc.value  # truth is the clean labels
+        return acc, extra
+
+    # No model: "the longer output (characters) is preferred". What length alone explains of the check's labels,
+    # the context of every pair check (a tiny model picks up length first).
+    longer, _ = accuracy([len(a) - len(b) for a, b in zip(out_1, out_2)])
 
     table: list[dict] = []
     wins = _annotations(args.annotations)
@@ -267,12 +272,13 @@ def main(args, params) -> None:
     for row in table:
         row["preference_set"] = pset
     write_csv(table, args.csv, columns=CSV_COLUMNS)
-    write_text(args.markdown, markdown(table, pset, labeller, cfg, len(records), len(rows)))
+    write_text(args.markdown, markdown(table, pset, labeller, cfg, len(records), len(rows), longer))
     write_json(args.pairs, [{k: r[k] for k in ("instruction", "input", "output_1", "output_2")} | {"preference": lab, "clean_preference": c}
                             for r, lab, c in zip(records, noisy, clean or [None] * len(records))])
     write_json(args.metrics, {
         "preference_set": pset, "labeller": labeller, "clean_labeller": cfg.clean_annotators.get(pset), "k": cfg.k,
         "num_pairs": len(records), "num_prompts": len(rows), "all_passed": all(r["passed"] for r in table),
+        "longer_output_accuracy": longer.value, "longer_output_accuracy_se": longer.se,
         "failed": [r["method"] for r in table if not r["passed"]],
         "checks": {r["method"]: {k: r.get(k) for k in CSV_COLUMNS if k not in ("method", "preference_set")} for r in table},
     })
@@ -286,7 +292,8 @@ def _f(value, digits: int = 3) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def markdown(table: list[dict], pset: str, labeller: str, cfg: MethodHealthConfig, n_pairs: int, n_prompts: int) -> str:
+def markdown(table: list[dict], pset: str, labeller: str, cfg: MethodHealthConfig, n_pairs: int, n_prompts: int,
+             longer: health.Estimate | None = None) -> str:
     lines = [
         f"### Method health, world `{pset}`: does each method do its job on held-out data?",
         "",
@@ -298,6 +305,8 @@ def markdown(table: list[dict], pset: str, labeller: str, cfg: MethodHealthConfi
         + f"; SFT rows: the evaluation set's reference answers. Gain ± one standard error; a check passes when gain > {cfg.k:g} SE. "
         "Win-rate Δ: the world's evaluator, paired over the evaluation instructions, vs the row's baseline (percentage points).",
         "",
+        *([f"No model, for scale: \"the longer output is preferred\" agrees with the pair checks' labels on {longer.value:.3f} ± "
+           f"{longer.se:.3f} of the pairs (what length alone explains of them).", ""] if longer is not None else []),
         "| method | measure (held-out data) | start | trained | gain ± SE (n) | passes | context | win-rate Δ ± SE |",
         "|---|---|---:|---:|---:|:---:|---|---:|",
     ]

@@ -2,8 +2,9 @@
 
 Data size: ``--sft`` takes one or more split files, concatenated in the order given, and
 ``--max_examples N`` (optional) keeps the first N examples. The paper's two SFT rows are two
-entries of the stage table with the same ``sft`` params: "SFT 10k" on the sft split, and
-"SFT 52k" (all of Alpaca's instructions) on all four splits (tiny: 1000 vs 5200, the same ratio).
+entries of the stage table: "SFT 10k" on the sft split, and "SFT 52k" (all of Alpaca's instructions)
+on all four splits (tiny: 1000 vs 5200, the same ratio). ``--section`` names the params section of the
+recipe: ``sft``, or ``sft_52k`` (the same recipe but for the tiny scale's epochs, params.yaml).
 """
 
 from __future__ import annotations
@@ -20,14 +21,17 @@ from afarm.models.train import TrainConfig, evaluate_loss, train_causal_lm
 from afarm.stages._cli import check_training, model_card, parser, run
 
 
+SECTIONS = ("sft", "sft_52k")
+
+
 @dataclass
 class SFTConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def main(args, params) -> None:
-    cfg = stage_config(params, "sft", SFTConfig)
-    check_training(params, "sft.train", cfg.train)
+    cfg = stage_config(params, args.section, SFTConfig)
+    check_training(params, f"{args.section}.train", cfg.train)
     validation = read_examples(args.validation)  # the data first: a bad file fails before any model loads
     train = [example for path in args.sft for example in read_examples(path)][: args.max_examples]
     model, tokenizer = load_model(args.base_model, dtype="float32")  # the trained weights are fp32 masters
@@ -35,7 +39,7 @@ def main(args, params) -> None:
     before = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
     stats = train_causal_lm(model, tokenizer, train, cfg.train, response_only=True)
     after = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
-    save_model(model, tokenizer, args.out, model_card(params, "sft", args.base_model, args.sft, sft=cfg))  # gathered, written by rank 0
+    save_model(model, tokenizer, args.out, model_card(params, "sft", args.base_model, args.sft, **{args.section: cfg}))  # gathered, written by rank 0
     if not distributed.is_main():
         return
     if args.log:
@@ -57,6 +61,7 @@ def arguments():
     p = parser(__doc__)
     p.add_argument("--base_model", required=True)
     p.add_argument("--sft", required=True, nargs="+", help="the sft split (or several splits, concatenated)")
+    p.add_argument("--section", default="sft", choices=SECTIONS, help="params section of the recipe (default: sft)")
     p.add_argument("--max_examples", type=int, default=None, help="train on the first N examples only (default: all)")
     p.add_argument("--validation", required=True)
     p.add_argument("--out", required=True, help="model folder to write")
