@@ -42,7 +42,8 @@ from pipeline_helpers import copy_repo, merge, run, write_params  # noqa: E402
 TRAINING_SEEDS = (
     ("base_model", "model", "seed"),  # initialization of the from-scratch tiny model
     ("base_model", "train", "seed"),
-    ("sft", "train", "seed"),  # sft and sft_52k
+    ("sft", "train", "seed"),
+    ("sft_52k", "train", "seed"),
     ("preference_data", "generation", "seed"),  # sampling the pairs to be labelled
     ("reward_model", "seed"),
     ("best_of_n", "generation", "seed"),

@@ -79,7 +79,7 @@ def test_tiny_resolved_params_are_unchanged():
 
 
 def test_sft_52k_is_the_sft_recipe_but_for_tiny_epochs():
-    """sft_52k shares sft's recipe through a YAML merge key; only the tiny scale's epochs differ (its time)."""
+    """sft_52k repeats sft's recipe in its own section; only the tiny scale's epochs differ (its time)."""
     params = load_params(REPO / "params.yaml")
     sft, sft_52k = section(params, "sft")["train"], section(params, "sft_52k")["train"]
     assert (sft["num_epochs"], sft_52k["num_epochs"]) == (3, 2)
