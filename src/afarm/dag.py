@@ -338,7 +338,7 @@ def build_stages() -> list[Stage]:
             metrics={"metrics": "results/metrics/sft_52k.json"},
             plots=curve("sft_52k"),
             params=("scale", "sft_52k", "generate"),  # generate: the folder's generation_config.json
-            args={"section": "sft_52k"},  # its own params section: the sft recipe, tiny 1 epoch
+            args={"section": "sft_52k"},  # its own params section: the sft recipe, tiny 2 epochs
             paper=GPU_TRAIN,
         )
     )
