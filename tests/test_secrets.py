@@ -1,14 +1,14 @@
 """API keys come only from the environment and never end up on disk.
 
-The reduced DAG's annotation stages of the simulated world are rerun through Snakemake with an OpenAI-backend judge
-pointed at a loopback fake OpenAI server (tests/fake_openai_server.py), with a recognisable
-key in ``OPENAI_API_KEY``. Only they and what reads them rerun (``--forcerun`` them, modification
-times as the only other trigger): the new annotation cache path would otherwise retrain both worlds
-(``paths`` is a params section of the preference-data stages), minutes of work that never touch the key. The first attempt hits a 401 whose error message echoes the key
-(as OpenAI's does); the second succeeds; then ``dvc commit``, ``dvc push`` and a git commit.
-The key must have reached the server, and must appear in no output, log, lock file,
-annotation cache, Snakemake metadata, DVC metadata or remote, git object, nor in anything
-the commands printed.
+The reduced DAG's annotation stages of the simulated world are rerun through Snakemake with an OpenAI-backend
+judge pointed at a loopback fake OpenAI server (tests/fake_openai_server.py), with a recognisable key in
+``OPENAI_API_KEY``. Only they and what reads them rerun (``--forcerun`` them, modification times as the only
+other trigger): the new annotation cache path would otherwise retrain both worlds (``paths`` is a params
+section of the preference-data stages), minutes of work that never touch the key. The first attempt hits a 401
+whose error message echoes the key (as OpenAI's does); the second succeeds; then ``dvc commit``, ``dvc push``
+and a git commit. The key must have reached the server, and must appear in no output, log, lock file,
+annotation cache, Snakemake metadata, DVC metadata or remote, git object, nor in anything the commands
+printed.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 # Made at run time: the repository (this file included) is copied into the workspace under test.
 KEY = "sk-afarm-" + secrets.token_hex(16)
-SIM_ANNOTATION = sorted(s.name for s in STAGES if s.module == "annotate" and s.name.startswith("annotate_sim_"))
+SIM_ANNOTATION = sorted(s.name for s in STAGES if s.module == "annotate" and s.args.get("preference_set") == "sim")
 JUDGE = """backend: openai
 settings:
   prompt_template: "{{shared_data}}/alpaca_eval/src/alpaca_eval/evaluators_configs/alpaca_farm_greedy_gpt4/chatml_b5_without_inputs.txt"
@@ -86,7 +86,7 @@ def test_api_key_is_never_written_anywhere(repo, shared, tmp_path, tmp_path_fact
         printed += [failed.stdout, failed.stderr]
         assert failed.returncode != 0 and "HTTP 401" in failed.stdout + failed.stderr
 
-        done = run("snakemake --cores 2 --rerun-triggers mtime", work, OPENAI_API_KEY=KEY)  # what failed, and after
+        done = run("snakemake --cores 2 --rerun-triggers mtime", work, OPENAI_API_KEY=KEY)  # the failed jobs and what reads them
         printed += [done.stdout, done.stderr]
         assert server.ok_calls >= 5  # batches of 5 answered (some already in the first run, kept by the cache)
         assert all(h.get("authorization") == f"Bearer {KEY}" for h in server.headers)  # the key was used
