@@ -30,20 +30,18 @@ from pathlib import Path
 import torch
 
 from afarm.config import load_params, stage_config
+from afarm.data.labelling import PreferenceDataConfig
 from afarm.data.preferences import read_preferences
 from afarm.methods.dpo import DPOConfig, train_dpo
-from afarm.methods.expert_iteration import train_on_best
+from afarm.methods.expert_iteration import ExpertIterationStageConfig, train_on_best
 from afarm.methods.feedme import FeedMEConfig, train_feedme
-from afarm.methods.health import response_logps
+from afarm.methods.health import MethodHealthConfig, response_logps
 from afarm.methods.reward_conditioning import RewardConditioningConfig, train_reward_conditioning
 from afarm.methods.reward_model import RewardModelConfig, load_reward_model, score, train_reward_model
 from afarm.metrics import health
 from afarm.models.generate import GenerationConfig, generate_samples
 from afarm.models.lm import load_model
 from afarm.models.prompts import format_prompt
-from afarm.stages.expert_iteration import ExpertIterationStageConfig
-from afarm.stages.method_health import MethodHealthConfig
-from afarm.stages.preference_data import PreferenceDataConfig
 
 METHODS = ("reward_model", "dpo", "feedme", "reward_conditioning", "expert_iteration")
 

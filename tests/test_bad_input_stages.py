@@ -53,6 +53,18 @@ def _preferences() -> list[dict]:
              "annotator": "offline_pool"} for i in range(4)]
 
 
+def _sft_samples(name: str, eval_rows: list[dict], repo: Path) -> list[dict]:
+    """The `sft_samples` stage's file: as many samples per prompt as its recipe asks at the tiny scale."""
+    from afarm.config import load_params
+    from afarm.methods.sft_samples import recipe
+
+    source, recipe_name, _ = dag.SFT_SAMPLES[name]
+    n = recipe(load_params(repo / "params.yaml"), recipe_name).generation.num_samples
+    rows = eval_rows if source == "data/eval_set.json" else _split(Path(source).stem)
+    return [{"instruction": r["instruction"], "input": r.get("input", ""), "samples": [f"sample {j} of {i}" for j in range(n)],
+             "finished": [j % 2 == 0 for j in range(n)]} for i, r in enumerate(rows)]
+
+
 def _annotations(eval_rows: list[dict], generator: str) -> list[dict]:
     return [{"instruction": r["instruction"], "output_1": r["output"], "output_2": f"answer {i}", "generator_1": dag.REFERENCE,
              "generator_2": generator, "preference": 1.0 + (i % 2), "annotator": "offline_judge"} for i, r in enumerate(eval_rows)]
@@ -110,6 +122,8 @@ def write_valid_input(ws: Path, rel: str, eval_rows: list[dict], models: dict[st
         _write(path, eval_rows)
     elif rel.startswith("data/preferences/"):
         _write(path, _preferences())
+    elif rel.startswith("data/sft_samples/"):
+        _write(path, _sft_samples(Path(rel).stem, eval_rows, repo))
     elif rel.startswith("results/annotations/"):
         _write(path, _annotations(eval_rows, Path(rel).stem))
     elif rel == "results/lc_inputs/instruction_difficulty.csv":
@@ -201,7 +215,8 @@ CASES: dict[str, Case] = {
     "expert_iteration/blank_instruction": Case("expert_iteration_sim", "data/splits/unlabeled.json", edit_json(set_field(2, "instruction", "  ")), ("row 2, field 'instruction': empty value",)),
     "feedme/preference_0": Case("feedme_human", "data/preferences/human.json", edit_json(set_field(3, "preference", 0)), ("row 3, field 'preference'", "got 0")),
     "reward_conditioning/output_not_text": Case("reward_conditioning_sim", "data/preferences/sim.json", edit_json(set_field(1, "output_2", ["a"])), ("row 1, field 'output_2': wrong type list",)),
-    "preference_data/split_missing_input": Case("preference_data_sim", "data/splits/preference.json", edit_json(drop_field(0, "input")), ("row 0, field 'input': missing field",)),
+    "sft_samples/split_missing_input": Case("sft_samples_preference", "data/splits/preference.json", edit_json(drop_field(0, "input")), ("row 0, field 'input': missing field",)),
+    "preference_data/one_sample_of_a_pair": Case("preference_data_sim", "data/sft_samples/preference.json", edit_json(set_field(1, "samples", ["one"])), ("row 1, field 'samples': expected 2 strings",)),
     "sim_vs_human/annotation_preference_3": Case("sim_vs_human", "results/annotations/human/sft.json", edit_json(set_field(2, "preference", 3)), ("row 2, field 'preference'", "3.0 is outside [1, 2]")),
     "sim_vs_human/annotation_missing_generator": Case("sim_vs_human", "results/annotations/sim/ppo_sim.json", edit_json(drop_field(0, "generator_2")), ("row 0, field 'generator_2': missing field",)),
     "method_health/validation_missing_input": Case("method_health_sim", "data/splits/validation.json", edit_json(drop_field(0, "input")), ("row 0, field 'input': missing field",)),

@@ -15,8 +15,11 @@ from afarm.models.lm import ModelConfig, build_model, load_model, save_model
 from afarm.models.prompts import format_prompt
 from afarm.models.tokenizer import train_tokenizer
 from afarm.models.train import TrainConfig
+from afarm.io import InputError
+from afarm.methods.sft_samples import read_samples
 from afarm.stages import best_of_n as bon_stage
 from afarm.stages import expert_iteration as ei_stage
+from afarm.stages import sft_samples as samples_stage
 
 TOY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128)
 INSTRUCTIONS = ["Name a fruit.", "Say hello.", "Count to three.", "Give a color.", "What is water?"]
@@ -93,20 +96,52 @@ def _params(section: str, values: dict) -> dict:
 GEN_PARAMS = {"max_new_tokens": 6, "temperature": 1.0, "top_p": 1.0, "batch_size": 8, "num_threads": 1, "show_progress": False}
 
 
+def _sample(folder, prompts, out, recipe: str, params: dict) -> None:
+    """The `sft_samples` stage: the SFT model's samples on ``prompts`` by ``recipe``."""
+    args = samples_stage.arguments().parse_args(["--sft", str(folder / "sft"), "--prompts", str(prompts), "--out", str(out),
+                                                 "--recipe", recipe])
+    samples_stage.main(args, params)
+
+
 def test_best_of_n_stage_writes_model_outputs(toy, tmp_path):
-    tok, _, _, folder = toy
+    tok, policy, rm, folder = toy
+    params = _params("best_of_n", {"n": 3, "generation": GEN_PARAMS, "score_batch_size": 4})
+    _sample(folder, _eval_set(tmp_path / "e.json"), tmp_path / "s.json", "best_of_n", params)
     args = bon_stage.arguments().parse_args([
-        "--sft", str(folder / "sft"), "--reward_model", str(folder / "rm"), "--eval_set", str(_eval_set(tmp_path / "e.json")),
+        "--samples", str(tmp_path / "s.json"), "--reward_model", str(folder / "rm"), "--eval_set", str(tmp_path / "e.json"),
         "--out", str(tmp_path / "out.json"), "--metrics", str(tmp_path / "m.json"), "--generator", "best_of_n_sim"])
-    bon_stage.main(args, _params("best_of_n", {"n": 3, "generation": GEN_PARAMS, "score_batch_size": 4}))
+    bon_stage.main(args, params)
     out = json.loads((tmp_path / "out.json").read_text())
     assert [r["instruction"] for r in out] == INSTRUCTIONS
+    # sampled beforehand (the sft_samples stage) or here: the same best-of-n
+    cfg = BestOfNConfig(n=3, generation=GenerationConfig(**GEN_PARAMS), score_batch_size=4)
+    assert [r["output"] for r in out] == best_of_n(policy, tok, rm, tok, [format_prompt(i) for i in INSTRUCTIONS], cfg)["outputs"]
     assert {r["generator"] for r in out} == {"best_of_n_sim"} and {r["dataset"] for r in out} == {"toy"}
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["n"] == 3 and metrics["mean_reward_best"] >= metrics["mean_reward_all_samples"]
     first = (tmp_path / "out.json").read_bytes()
     bon_stage.main(args, _params("best_of_n", {"n": 3, "generation": GEN_PARAMS, "score_batch_size": 2}))
     assert (tmp_path / "out.json").read_bytes() == first
+    with pytest.raises(InputError, match=r"s.json, row 0, field 'samples': expected 4 strings \(best_of_n.n\), got 3"):
+        bon_stage.main(args, _params("best_of_n", {"n": 4, "generation": GEN_PARAMS}))  # samples of another n
+
+
+def test_read_samples_checks_counts_and_rows(tmp_path):
+    path = tmp_path / "s.json"
+    good = [{"instruction": "a", "input": "", "samples": ["x", "y"], "finished": [True, False]},
+            {"instruction": "b", "input": "i", "samples": ["z", ""], "finished": [True, True]}]
+    path.write_text(json.dumps(good))
+    assert read_samples(path, 2, rows=[{"instruction": "a"}, {"instruction": "b", "input": "i"}]) == good
+    with pytest.raises(InputError, match="row 1, field 'instruction': not the instruction of the same row"):
+        read_samples(path, 2, rows=[{"instruction": "a"}, {"instruction": "b", "input": ""}])
+    with pytest.raises(InputError, match="2 records for 1 prompts"):
+        read_samples(path, 2, rows=[{"instruction": "a"}])
+    path.write_text(json.dumps([good[0], {**good[1], "finished": [True]}]))
+    with pytest.raises(InputError, match="row 1, field 'finished': expected 2 booleans"):
+        read_samples(path, 2)
+    path.write_text(json.dumps([{**good[0], "samples": ["x", 3]}]))
+    with pytest.raises(InputError, match="row 0, field 'samples': expected 2 strings"):
+        read_samples(path, 2)
 
 
 def test_expert_iteration_stage_end_to_end(toy, tmp_path):
@@ -116,9 +151,11 @@ def test_expert_iteration_stage_end_to_end(toy, tmp_path):
     train = {"learning_rate": 1e-2, "num_epochs": 1, "batch_size": 2, "micro_batch_size": 2, "max_length": 128,
              "seed": 0, "num_threads": 1, "show_progress": False}
     params = _params("expert_iteration", {"best_of_n": {"n": 2, "generation": GEN_PARAMS}, "train": train, "limit": 4})
+    _sample(folder, tmp_path / "u.json", tmp_path / "s.json", "expert_iteration", params)
+    assert len(json.loads((tmp_path / "s.json").read_text())) == 4  # expert_iteration.limit
     args = ei_stage.arguments().parse_args([
         "--sft", str(folder / "sft"), "--reward_model", str(folder / "rm"), "--unlabeled", str(tmp_path / "u.json"),
-        "--out", str(tmp_path / "ei"), "--data", str(tmp_path / "d.json"), "--metrics", str(tmp_path / "m.json"),
+        "--samples", str(tmp_path / "s.json"), "--out", str(tmp_path / "ei"), "--data", str(tmp_path / "d.json"), "--metrics", str(tmp_path / "m.json"),
         "--log", str(tmp_path / "curve.csv")])
     ei_stage.main(args, params)
     data = json.loads((tmp_path / "d.json").read_text())

@@ -1,10 +1,10 @@
 """Data-parallel generation: the batch split by hand, and the real stages in 2 processes vs 1.
 
-The stages `generate`, `preference_data` and `best_of_n` run once in one process (in the
-launcher's environment) and once through the stage launcher (``python -m afarm.stages <module>``)
-in two gloo processes on the CPU, with sampling on (temperature 0.7, top_p 0.9) and prompt counts that do not divide into
-2 x batch size; the files they write must be byte-identical, and the logs must show that both
-ranks generated a share.
+The stages `generate`, `sft_samples` (the preference pairs; best-of-n's samples) and `best_of_n` (scoring
+those samples) run once in one process (in the launcher's environment) and once through the stage launcher
+(``python -m afarm.stages <module>``) in two gloo processes on the CPU, with sampling on (temperature 0.7,
+top_p 0.9) and prompt counts that do not divide into 2 x batch size; the files they write must be
+byte-identical, and the logs must show that both ranks generated (or scored) a share.
 """
 
 from __future__ import annotations
@@ -128,17 +128,21 @@ def test_sampler_and_scorer_load_in_their_configured_dtype_on_this_processs_devi
         load_for_scoring(workspace / "rm", BestOfNConfig(reward_dtype="bf16"))
 
 
+# run name -> (stage module, flags, what its log shows each rank did); in this order (best_of_n scores the
+# samples that the one-process `samples` run wrote)
 STAGES = {
-    "generate": "--model sft --eval_set eval.json --out {o}/out.json --generator toy",
-    "best_of_n": "--sft sft --reward_model rm --eval_set eval.json --out {o}/out.json --metrics {o}/m.json --generator bon",
-    "preference_data": "--sft sft --preference preference.json --out {o}/out.json --metrics {o}/m.json --preference_set sim",
+    "generate": ("generate", "--model sft --eval_set eval.json --out {o}/out.json --generator toy", "generated"),
+    "pairs": ("sft_samples", "--sft sft --prompts preference.json --out {o}/out.json --recipe preference_data", "generated"),
+    "samples": ("sft_samples", "--sft sft --prompts eval.json --out {o}/out.json --recipe best_of_n", "generated"),
+    "best_of_n": ("best_of_n", "--samples samples1/out.json --reward_model rm --eval_set eval.json --out {o}/out.json "
+                  "--metrics {o}/m.json --generator bon", "scored"),
 }
 
 
-def _argv(root: Path, module: str, processes: int) -> list[str]:
-    out = root / f"{module}{processes}"
+def _argv(root: Path, name: str, processes: int) -> list[str]:
+    out = root / f"{name}{processes}"
     out.mkdir()
-    return ["--params", f"p{processes}.yaml", *STAGES[module].format(o=out.name).split()]
+    return ["--params", f"p{processes}.yaml", *STAGES[name][1].format(o=out.name).split()]
 
 
 def _env() -> dict:
@@ -155,29 +159,30 @@ def _check(result: subprocess.CompletedProcess) -> str:
 ONE_PROCESS = """
 import importlib, json, sys
 from afarm.stages import _cli
-for module, argv in json.loads(sys.argv[1]).items():
+for module, argv in json.loads(sys.argv[1]):
     stage = importlib.import_module(f"afarm.stages.{module}")
     _cli.run(stage.main, stage.arguments(), argv)
 """
 
 
 def test_two_processes_write_the_bytes_of_one(workspace):
-    argvs = {module: _argv(workspace, module, 1) for module in STAGES}
+    argvs = [(module, _argv(workspace, name, 1)) for name, (module, _, _) in STAGES.items()]
     env = _launch.environment(load_params(workspace / "p1.yaml"), base=_env())
     _check(subprocess.run([sys.executable, "-c", ONE_PROCESS, json.dumps(argvs)], cwd=workspace, env=env,
                           capture_output=True, text=True, timeout=600))
-    for module in STAGES:  # the real launcher, two gloo processes
-        cmd = [sys.executable, "-m", "afarm.stages", module, *_argv(workspace, module, 2)]
+    for name, (module, _, did) in STAGES.items():  # the real launcher, two gloo processes
+        cmd = [sys.executable, "-m", "afarm.stages", module, *_argv(workspace, name, 2)]
         log = _check(subprocess.run(cmd, cwd=workspace, env=_env(), capture_output=True, text=True, timeout=600))
-        assert "rank 0 of 2 generated" in log and "rank 1 of 2 generated" in log, log[-4000:]
-        one, two = workspace / f"{module}1", workspace / f"{module}2"
+        assert f"rank 0 of 2 {did}" in log and f"rank 1 of 2 {did}" in log, log[-4000:]
+        one, two = workspace / f"{name}1", workspace / f"{name}2"
         assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
         for path in one.iterdir():
-            assert (two / path.name).read_bytes() == path.read_bytes(), f"{module}: {path.name} differs"
+            assert (two / path.name).read_bytes() == path.read_bytes(), f"{name}: {path.name} differs"
     outputs = json.loads((workspace / "generate1" / "out.json").read_text())
     assert [r["instruction"] for r in outputs] == INSTRUCTIONS  # merged in instruction order
     assert len({r["output"] for r in outputs}) > 1
     best = json.loads((workspace / "best_of_n1" / "m.json").read_text())
     assert best["n"] == 3 and best["num_prompts"] == 7
-    pairs = json.loads((workspace / "preference_data1" / "out.json").read_text())
-    assert [p["instruction"] for p in pairs] == INSTRUCTIONS and any(p["output_1"] != p["output_2"] for p in pairs)
+    pairs = json.loads((workspace / "pairs1" / "out.json").read_text())
+    assert [p["instruction"] for p in pairs] == INSTRUCTIONS and all(len(p["samples"]) == 2 for p in pairs)
+    assert any(p["samples"][0] != p["samples"][1] for p in pairs)

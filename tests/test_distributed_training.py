@@ -198,7 +198,15 @@ def test_reward_model_and_expert_iteration(small):
     rm = _launch(small, "rm", "reward_model", {"sft": small / "sft", "preferences": small / "prefs.json", "out": "{out}/model",
                                                "metrics": "{out}/metrics.json"}, {"reward_model": reward_model})
     generation = {"max_new_tokens": 6, "temperature": 1.0, "top_p": 1.0, "batch_size": 8, "num_threads": 1, "show_progress": False}
+    # the `sft_samples` stage's file for the first 4 unlabeled instructions, 2 samples each (its sampling is
+    # tested in 2 processes in test_distributed_generation.py); one sample cut off at the cap
+    rows = json.loads((small / "unlabeled.json").read_text())[:4]
+    words = ["apple", "banana one", "two three red", "water", "red apple two", "one", "three water banana", "apple red"]
+    (small / "ei_samples.json").write_text(json.dumps([
+        {"instruction": r["instruction"], "input": r["input"], "samples": words[2 * i : 2 * i + 2], "finished": [True, i != 1]}
+        for i, r in enumerate(rows)]))
     ei = _launch(small, "ei", "expert_iteration", {"sft": small / "sft", "reward_model": small / "rm", "unlabeled": small / "unlabeled.json",
+                                                   "samples": small / "ei_samples.json",
                                                    "out": "{out}/model", "data": "{out}/data.json", "metrics": "{out}/metrics.json"},
                  {"expert_iteration": {"limit": 4, "best_of_n": {"n": 2, "generation": generation, "score_batch_size": 8},
                                        "train": {**TRAIN, "batch_size": 2}}})

@@ -115,7 +115,7 @@ def test_preference_data_stage_takes_the_human_set_from_the_hub_when_params_say_
             "hub": {"hub_id": str(folder), "cache_dir": str(tmp_path / "hf-cache"), "limit": 4},
         },
     }
-    argv = ["--sft", str(tmp_path / "no-model-needed"), "--preference", str(tmp_path / "unused.json"),
+    argv = ["--samples", str(tmp_path / "unused.json"),
             "--out", str(tmp_path / "out" / "human.json"), "--metrics", str(tmp_path / "out" / "m.json"), "--preference_set", "human"]
     stage.main(stage.arguments().parse_args(argv), params)
     records = read_preferences(tmp_path / "out" / "human.json")

@@ -13,6 +13,7 @@ from afarm.models.lm import ModelConfig, build_model, save_model
 from afarm.models.prompts import format_prompt
 from afarm.models.tokenizer import train_tokenizer
 from afarm.stages import preference_data as stage
+from afarm.stages import sft_samples as samples_stage
 
 TOY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128)
 ROWS = [
@@ -61,16 +62,20 @@ def _params(tmp_path, annotators: dict) -> dict:
     }
 
 
-def _args(sft, tmp_path, preference_set="sim"):
+def _args(sft, tmp_path, params, preference_set="sim"):
+    """The stage's flags, after the `sft_samples` stage sampled the pairs (recipe preference_data)."""
     (tmp_path / "preference.json").write_text(json.dumps(ROWS))
+    samples_stage.main(samples_stage.arguments().parse_args([
+        "--sft", str(sft), "--prompts", str(tmp_path / "preference.json"), "--out", str(tmp_path / "pairs.json"),
+        "--recipe", "preference_data"]), params)
     return stage.arguments().parse_args([
-        "--sft", str(sft), "--preference", str(tmp_path / "preference.json"), "--out", str(tmp_path / "prefs" / f"{preference_set}.json"),
+        "--samples", str(tmp_path / "pairs.json"), "--out", str(tmp_path / "prefs" / f"{preference_set}.json"),
         "--metrics", str(tmp_path / "m.json"), "--preference_set", preference_set])
 
 
 def test_preference_data_stage_end_to_end(sft_folder, tmp_path, monkeypatch):
     params = _params(tmp_path, {"sim": "noisy_heuristic", "human": "heuristic"})
-    args = _args(sft_folder, tmp_path)
+    args = _args(sft_folder, tmp_path, params)
     stage.main(args, params)
     records = read_preferences(tmp_path / "prefs" / "sim.json")
     assert [(r["instruction"], r["input"]) for r in records] == [(r["instruction"], r["input"]) for r in ROWS]
@@ -97,10 +102,10 @@ def test_preference_data_stage_end_to_end(sft_folder, tmp_path, monkeypatch):
 def test_preference_set_picks_its_annotator_and_unknown_sets_fail(sft_folder, tmp_path):
     params = _params(tmp_path, {"sim": "noisy_heuristic", "human": "heuristic"})
     params["preference_data"]["limit"] = 3
-    stage.main(_args(sft_folder, tmp_path, "human"), params)
+    stage.main(_args(sft_folder, tmp_path, params, "human"), params)
     records = read_preferences(tmp_path / "prefs" / "human.json")
     assert len(records) == 3 and {r["annotator"] for r in records} == {"heuristic"}
     # the plain heuristic judge is soft: labels are its rounded value
     assert all(r["preference"] == (2 if r["preference_raw"] > 1.5 else 1) for r in records if r["preference_raw"] != 1.5)
     with pytest.raises(InputError, match="preference_data.annotators.other"):
-        stage.main(_args(sft_folder, tmp_path, "other"), params)
+        stage.main(_args(sft_folder, tmp_path, params, "other"), params)

@@ -70,7 +70,7 @@ def test_small_spine_in_one_process_with_the_local_judge(repo, shared, tmp_path)
     assert section(resolved, "preference_data")["annotators"]["sim"] == "local_judge_noisy"
     assert section(resolved, "annotate")["annotators"] == {"sim": "local_judge", "human": "local_judge"}
     assert section(resolved, "launch")["device_memory_gb"] == 24  # every stage's plan is checked on one 24 GB GPU
-    for module in ("sft", "reward_model", "ppo", "preference_data", "generate"):
+    for module in ("sft", "reward_model", "ppo", "sft_samples", "preference_data", "generate"):
         assert _launch.processes(module, resolved) == 1
     # the plan of the judging stages holds the local judge (fp32 here: 4 bytes per parameter of its config.json)
     from afarm.memory_plan import load_arch
@@ -82,7 +82,7 @@ def test_small_spine_in_one_process_with_the_local_judge(repo, shared, tmp_path)
     targets = "results/annotations/sim/ppo_sim.json results/annotations/sim/sft.json"
     result = run(f"snakemake --cores 1 {targets}", work, timeout=1500)
     log = result.stdout + result.stderr
-    for rule in ("data", "base_model", "sft", "preference_data_sim", "reward_model_sim", "ppo_sim", "generate_ppo_sim", "annotate_sim_sft"):
+    for rule in ("data", "base_model", "sft", "sft_samples_preference", "preference_data_sim", "reward_model_sim", "ppo_sim", "generate_ppo_sim", "annotate_sim_sft"):
         assert f"rule {rule}:" in log
     sft = json.loads((work / "models" / "sft" / "config.json").read_text())
     assert sft["hidden_size"] == 64 and sft["vocab_size"] >= 400  # the local "pretrained" model, with "[PAD]" added

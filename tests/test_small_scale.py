@@ -188,7 +188,7 @@ def test_every_gpu_stage_gets_one_gpu_at_small():
 def test_every_small_stage_fits_one_24_gb_gpu_with_the_local_judge(tmp_path):
     params = repo_params(tmp_path, "small", "local")
     plans = {p.stage: p for p in mp.scale_plans(params)}
-    assert set(plans) == set(mp.STAGE_MODELS) | {"annotate", "analyze_annotators"}
+    assert set(plans) == set(mp.STAGE_MODELS) | {"preference_data", "annotate", "analyze_annotators"}  # + the judge-only stages
     for plan in plans.values():
         assert plan.devices == 1 and plan.memory_gb == 24 and plan.fits, plan.summary()
     # method_health is the largest as planned (an upper bound: its three models beside the judge), PPO next

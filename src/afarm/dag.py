@@ -50,8 +50,8 @@ DISTRIBUTED: frozenset[str] = frozenset({
     # FSDP2-sharded training (afarm.distributed): not base_model, which trains only the tiny scale's model
     "sft", "reward_model", "dpo", "feedme", "reward_conditioning", "expert_iteration",
     "ppo", "quark",  # sharded policy, value, reference and reward model; rollouts from the sharded policy
-    # data-parallel generation (afarm.models.generate): one full model copy per process
-    "generate", "preference_data", "best_of_n",
+    # data-parallel generation (afarm.models.generate) and scoring: one full model copy per process
+    "generate", "sft_samples", "best_of_n",
 })
 
 CPU = Resources(cpus=1)  # tiny stages use one thread each (params num_threads), so two run at once
@@ -157,6 +157,20 @@ def outputs_path(generator: str) -> str:
     return f"results/outputs/{generator}.json"
 
 
+def samples_path(prompts: str) -> str:
+    """The SFT model's samples on a prompt file (``afarm.methods.sft_samples``), shared by both worlds."""
+    return f"data/sft_samples/{prompts}.json"
+
+
+# The sft_samples stages: prompt file name -> (its path, the recipe, the params sections the recipe reads).
+SFT_SAMPLES = {
+    "preference": ("data/splits/preference.json", "preference_data", ("preference_data",)),
+    "eval_set": ("data/eval_set.json", "best_of_n", ("best_of_n",)),
+    "unlabeled": ("data/splits/unlabeled.json", "expert_iteration", ("expert_iteration",)),
+    "validation": ("data/splits/validation.json", "method_health", ("preference_data", "method_health")),
+}
+
+
 def annotations_path(pset: str, generator: str) -> str:
     return f"results/annotations/{pset}/{generator}.json"
 
@@ -174,12 +188,11 @@ def preference_methods(pset: str) -> list[Stage]:
         Stage(
             f"preference_data_{pset}",
             "preference_data",
-            deps={"sft": sft, "preference": "data/splits/preference.json"},
+            deps={"samples": samples_path("preference")},
             outs={"out": prefs},
             metrics=metrics("preference_data"),
             params=("scale", "judges", "paths", "preference_data"),
             args={"preference_set": pset},
-            paper=GPU_GEN,
         ),
         Stage(
             f"reward_model_{pset}",
@@ -194,7 +207,7 @@ def preference_methods(pset: str) -> list[Stage]:
         Stage(
             f"best_of_n_{pset}",
             "best_of_n",
-            deps={"sft": sft, "reward_model": rm, "eval_set": "data/eval_set.json"},
+            deps={"samples": samples_path("eval_set"), "reward_model": rm, "eval_set": "data/eval_set.json"},
             outs={"out": outputs_path(f"best_of_n_{pset}")},
             metrics=metrics("best_of_n"),
             params=("scale", "best_of_n"),
@@ -204,7 +217,7 @@ def preference_methods(pset: str) -> list[Stage]:
         Stage(
             f"expert_iteration_{pset}",
             "expert_iteration",
-            deps={"sft": sft, "reward_model": rm, "unlabeled": unlabeled},
+            deps={"sft": sft, "reward_model": rm, "unlabeled": unlabeled, "samples": samples_path("unlabeled")},
             outs={"out": model_dir(f"expert_iteration_{pset}"), "data": f"data/expert_iteration/{pset}.json"},
             metrics=metrics("expert_iteration"),
             plots=curve(f"expert_iteration_{pset}"),
@@ -279,7 +292,7 @@ def method_health(pset: str, evaluated: dict[str, str]) -> Stage:
     return Stage(
         f"method_health_{pset}",
         "method_health",
-        deps={**models, "validation": "data/splits/validation.json", "eval_set": "data/eval_set.json",
+        deps={**models, "validation": "data/splits/validation.json", "samples": samples_path("validation"), "eval_set": "data/eval_set.json",
               # the rows it compares: base model, SFT, SFT 52k and this world's methods
               "annotations": tuple(annotations_path(pset, g) for g in evaluated if g in ("base_model", "sft", "sft_52k") or g.endswith(f"_{pset}"))},
         outs={"csv": method_health_path(pset, "csv"), "markdown": method_health_path(pset, "md"), "pairs": f"data/health/{pset}.json"},
@@ -324,6 +337,20 @@ def build_stages() -> list[Stage]:
             paper=GPU_TRAIN,
         ),
     ]
+    # The SFT model's samples that both worlds start from (preference pairs, best-of-n, expert iteration,
+    # method health): drawn once, read by each world's stage (afarm.methods.sft_samples).
+    for prompts, (source, recipe, sections) in SFT_SAMPLES.items():
+        stages.append(
+            Stage(
+                f"sft_samples_{prompts}",
+                "sft_samples",
+                deps={"sft": model_dir("sft"), "prompts": source},
+                outs={"out": samples_path(prompts)},
+                params=("scale", *sections),
+                args={"recipe": recipe},
+                paper=GPU_GEN,
+            )
+        )
     # SFT on all four splits: the paper's "SFT 52k" row (tiny: 5200 vs 1000 instructions, same ratio).
     stages.append(
         Stage(

@@ -16,7 +16,7 @@ heads; micro-batch ``b`` sequences of ``s`` tokens; ``N`` devices; ``P`` a model
     root's bf16 gradients (``2R``), ``gathered_layers`` decoder layers in bf16 at a time (the
     running one and the prefetched next, ``2 x layer`` each) and one layer's gradients in bf16 and
     in the fp32 reduce-scatter copy (``6 x layer``).
-* Inference stages (generate, preference_data, best_of_n, method_health) hold each model whole in bf16
+* Inference stages (generate, sft_samples, best_of_n, method_health) hold each model whole in bf16
   (``2P``) on every device; more devices split the prompts, not the model. method_health's
   log-probability passes add one layer's workspace and the logits ``6*s*b*V`` (bf16, fp32 log-softmax).
 * Activations kept for backward, per decoder layer (Korthikanti et al. 2022, "Reducing Activation
@@ -38,7 +38,6 @@ heads; micro-batch ``b`` sequences of ``s`` tokens; ``N`` devices; ``P`` a model
   stages that judge (annotate, analyze_annotators, preference_data, method_health) load the judge whole in its dtype
   (``2P`` in bf16) for a "judging" phase, with one no-cache forward of ``batch_size`` prompts of
   ``max_length`` tokens: one layer's workspace ``A`` and the logits ``b*s*V`` in the judge's dtype.
-  preference_data frees its sampler before loading the judge, but the plan keeps both (an upper bound).
 * Total = persistent rows (parameters, gradients, optimizer state) + the largest phase (training
   step, rollout, generation, scoring). ``fits`` when the total is at most ``memory_gb``; an
   "80 GB" A100 has 81920 MiB = 85.9e9 bytes, so planning against 80e9 leaves about 5.9 GB for the
@@ -154,19 +153,19 @@ STAGE_MODELS: dict[str, tuple[Model, ...]] = {
     "sft": (POLICY,),
     "feedme": (POLICY,),
     "reward_conditioning": (POLICY,),
-    "expert_iteration": (POLICY,),  # its SFT step (the best-of-n step before it is the best_of_n kind)
+    "expert_iteration": (POLICY,),  # its SFT step (the reward model that scores the samples first is freed before it)
     "reward_model": (REWARD_TRAINED,),
     "dpo": (POLICY, REFERENCE),
     "ppo": (POLICY, VALUE, REFERENCE, REWARD),  # policy and value optimised together (ActorCritic)
     "quark": (POLICY, REFERENCE, REWARD),
     "generate": (FROZEN_POLICY,),
-    "preference_data": (FROZEN_POLICY,),  # the paper's annotators are API models: no GPU memory
-    "best_of_n": (FROZEN_POLICY, REWARD),
+    "sft_samples": (FROZEN_POLICY,),  # preference_data holds no model: it judges sft_samples' pairs
+    "best_of_n": (REWARD,),  # scores sft_samples' samples
     # SFT (held throughout), the model under check (one at a time), and the base model (SFT rows) or the
     # reward model (after them): planned as three language models, the larger head (an upper bound).
     "method_health": (FROZEN_POLICY, Model("checked model", "lm", False), Model("base or reward model", "lm", False)),
 }
-INFERENCE_KINDS = {"generate", "preference_data", "best_of_n", "method_health"}
+INFERENCE_KINDS = {"generate", "sft_samples", "best_of_n", "method_health"}
 
 
 @dataclass(frozen=True)
@@ -322,8 +321,9 @@ def plan(
         params = sum(2 * arch.num_params(m.head) for m in models)
         p.rows.append(Row("parameters", params, how=f"bf16 {names(models)}, whole on every device: 2 x P"))
         b, s = generation_batch, generation_len
-        p.rows.append(Row("KV cache", kv_cache(arch, b, s), "generation", f"2 x L x {b} x {s} tokens x h_kv x 2 bytes"))
-        p.rows.append(Row("workspace", A(arch, b, s), "generation", f"one layer's activations at {b} x {s}"))
+        if b:
+            p.rows.append(Row("KV cache", kv_cache(arch, b, s), "generation", f"2 x L x {b} x {s} tokens x h_kv x 2 bytes"))
+            p.rows.append(Row("workspace", A(arch, b, s), "generation", f"one layer's activations at {b} x {s}"))
         if score_batch:
             p.rows.append(Row("workspace", A(arch, score_batch, s), "scoring", f"reward model, one layer at {score_batch} x {s}"))
         if logp_batch:  # log-probabilities of whole sequences: one layer and the logits (bf16 + fp32 log-softmax)
@@ -462,14 +462,20 @@ def stage_inputs(module: str, params: dict) -> dict[str, Any]:
         b, s = health.get("batch_size", d["generation_batch_size"]), health.get("max_length", d["max_length"])
         return {"micro_batch": 0, "seq_len": 1, "generation_batch": gen.get("batch_size", d["generation_batch_size"]),
                 "generation_len": PROMPT_TOKENS + gen.get("max_new_tokens", d["max_new_tokens"]), "score_batch": b, "logp_batch": b, "logp_len": s}
-    if module in INFERENCE_KINDS:
+    if module == "sft_samples":  # the largest decoding of its recipes (afarm.methods.sft_samples)
+        gens = [_resolved(params, "preference_data").get("generation", {}), _resolved(params, "best_of_n").get("generation", {}),
+                _resolved(params, "expert_iteration").get("best_of_n", {}).get("generation", {})]
+        return {"micro_batch": 0, "seq_len": 1, "generation_batch": max(g.get("batch_size", d["generation_batch_size"]) for g in gens),
+                "generation_len": PROMPT_TOKENS + max(g.get("max_new_tokens", d["max_new_tokens"]) for g in gens)}
+    if module == "best_of_n":  # scores the samples: no generation
         sec = _resolved(params, module)
-        gen = sec if module == "generate" else sec.get("generation", {})
-        out = {"micro_batch": 0, "seq_len": 1, "generation_batch": gen.get("batch_size", d["generation_batch_size"]),
-               "generation_len": PROMPT_TOKENS + gen.get("max_new_tokens", d["max_new_tokens"])}
-        if module == "best_of_n":
-            out["score_batch"] = sec.get("score_batch_size", d["generation_batch_size"])
-        return out
+        return {"micro_batch": 0, "seq_len": 1, "generation_batch": 0,
+                "generation_len": PROMPT_TOKENS + sec.get("generation", {}).get("max_new_tokens", d["max_new_tokens"]),
+                "score_batch": sec.get("score_batch_size", d["generation_batch_size"])}
+    if module in INFERENCE_KINDS:
+        gen = _resolved(params, module)
+        return {"micro_batch": 0, "seq_len": 1, "generation_batch": gen.get("batch_size", d["generation_batch_size"]),
+                "generation_len": PROMPT_TOKENS + gen.get("max_new_tokens", d["max_new_tokens"])}
     raise KeyError(module)
 
 
@@ -589,7 +595,7 @@ def paper_plans(params: dict, memory_gb: float = 80.0, device_counts: tuple[int,
 
 
 # Stage modules the small scale plans: every model-holding kind, and the judging stages.
-SMALL_MODULES = (*STAGE_MODELS, "annotate", "analyze_annotators")
+SMALL_MODULES = (*STAGE_MODELS, "preference_data", "annotate", "analyze_annotators")
 
 
 def scale_plans(params: dict, scale: str = "small", judges: str = "local", memory_gb: float | None = None) -> list[Plan]:

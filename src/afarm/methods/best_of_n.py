@@ -4,6 +4,8 @@ Inference-time only (no training), as upstream AlpacaFarm examples/best_of_n.py
 (``run_best_of_n`` = ``run_decode`` then ``run_rerank`` with the reward model, top 1 kept).
 Samples come from ``afarm.models.generate.generate_samples``, which seeds every (prompt,
 sample index) on its own, so the first k samples of best-of-n are the same for every n >= k.
+The pipeline draws the samples once, in the `sft_samples` stage (both worlds sample the same SFT
+model with the same decoding), and each world's stage scores them (``best_of_samples``).
 
 In a distributed run (one process per GPU, each with full copies of both models) sampling and
 scoring are data-parallel: each rank computes whole batches of the single-process batch list
@@ -12,6 +14,7 @@ and the results are gathered on every rank, so the outputs are those of one proc
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -21,6 +24,8 @@ from afarm import distributed
 from afarm.methods.reward_model import encode, load_reward_model, score
 from afarm.models.generate import GenerationConfig, generate_samples_finished
 from afarm.models.lm import DTYPES, torch_threads
+
+log = logging.getLogger("afarm.methods.best_of_n")
 
 
 def _sampling() -> GenerationConfig:
@@ -58,11 +63,19 @@ def sample_and_score(policy, policy_tokenizer, reward_model, reward_tokenizer, p
     finished (EOS within the generation cap; ``afarm.models.generate.generate_samples_finished``)."""
     gen = GenerationConfig(**{**vars(cfg.generation), "num_samples": cfg.n})
     samples, finished = generate_samples_finished(policy, policy_tokenizer, prompts, gen)
+    return samples, score_samples(reward_model, reward_tokenizer, prompts, samples, cfg), finished
+
+
+def score_samples(reward_model, reward_tokenizer, prompts: Sequence[str], samples: Sequence[Sequence[str]],
+                  cfg: BestOfNConfig) -> torch.Tensor:
+    """The reward of each of the ``cfg.n`` samples of each prompt: a ``[len(prompts), n]`` float tensor."""
+    if any(len(s) != cfg.n for s in samples):
+        raise ValueError(f"expected {cfg.n} samples per prompt (best-of-n's n)")
     flat_prompts = [p for p in prompts for _ in range(cfg.n)]
     flat_samples = [s for per_prompt in samples for s in per_prompt]
-    with torch_threads(gen.num_threads):
+    with torch_threads(cfg.generation.num_threads):
         rewards = score_data_parallel(reward_model, reward_tokenizer, flat_prompts, flat_samples, cfg.score_batch_size)
-    return samples, rewards.view(len(prompts), cfg.n), finished
+    return rewards.view(len(prompts), cfg.n)
 
 
 def score_data_parallel(reward_model, tokenizer, prompts: Sequence[str], responses: Sequence[str], batch_size: int) -> torch.Tensor:
@@ -84,6 +97,8 @@ def score_data_parallel(reward_model, tokenizer, prompts: Sequence[str], respons
         rows = batches[b]
         values = score(reward_model, tokenizer, [prompts[i] for i in rows], [responses[i] for i in rows], batch_size)
         local.update(zip(rows, values.tolist()))
+    log.info("rank %d of %d scored %d of %d samples (%d of %d batches)", distributed.rank(), distributed.world_size(),
+             len(local), len(lengths), len(distributed.batches_of_rank(len(batches))), len(batches))
     merged = distributed.merge_from_ranks(local)
     return torch.tensor([merged[i] for i in range(len(lengths))], dtype=torch.float32)
 
@@ -104,7 +119,17 @@ def best_of_n(policy, policy_tokenizer, reward_model, reward_tokenizer, prompts:
     "samples": [n strings per prompt], "finished": [bool per output: EOS within the generation cap]}``.
     """
     samples, rewards, finished = sample_and_score(policy, policy_tokenizer, reward_model, reward_tokenizer, prompts, cfg)
-    outputs, indices = best_of_n_select(samples, rewards)
-    return {"outputs": outputs, "indices": indices, "rewards": rewards.tolist(), "samples": samples,
-            "finished": [f[i] for f, i in zip(finished, indices)]}
+    return _result(samples, rewards, finished)
 
+
+def best_of_samples(reward_model, reward_tokenizer, prompts: Sequence[str], samples: Sequence[Sequence[str]],
+                    finished: Sequence[Sequence[bool]], cfg: BestOfNConfig) -> dict:
+    """``best_of_n`` on samples drawn beforehand (the `sft_samples` stage, with ``cfg.generation`` and
+    ``cfg.n``): the same result as sampling them here."""
+    return _result(samples, score_samples(reward_model, reward_tokenizer, prompts, samples, cfg), finished)
+
+
+def _result(samples, rewards: torch.Tensor, finished) -> dict:
+    outputs, indices = best_of_n_select(samples, rewards)
+    return {"outputs": outputs, "indices": indices, "rewards": rewards.tolist(), "samples": [list(s) for s in samples],
+            "finished": [f[i] for f, i in zip(finished, indices)]}

@@ -25,6 +25,11 @@ class ExpertIterationConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+@dataclass
+class ExpertIterationStageConfig(ExpertIterationConfig):
+    limit: int | None = None  # first N unlabeled instructions only; None = the whole split (paper: 20k)
+
+
 def select_expert_data(prompts: Sequence[str], best: dict) -> list[tuple]:
     """(prompt, best output) training pairs from a ``best_of_n`` result (empty outputs are kept:
     SFT then learns to answer with EOS only when the reward model prefers that); with the result's

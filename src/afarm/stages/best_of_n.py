@@ -12,8 +12,8 @@ from afarm import distributed
 from afarm.config import stage_config
 from afarm.data.eval_set import load_eval_set, model_outputs
 from afarm.io import write_json
-from afarm.methods.best_of_n import BestOfNConfig, best_of_n, load_for_scoring
-from afarm.models.generate import load_for_generation
+from afarm.methods.best_of_n import BestOfNConfig, best_of_samples, load_for_scoring
+from afarm.methods.sft_samples import read_samples
 from afarm.models.prompts import format_prompt
 from afarm.stages._cli import parser, run
 
@@ -21,10 +21,11 @@ from afarm.stages._cli import parser, run
 def main(args, params) -> None:
     cfg = stage_config(params, "best_of_n", BestOfNConfig)
     eval_set = load_eval_set(args.eval_set)
-    policy, tokenizer = load_for_generation(args.sft, cfg.generation)
+    samples = read_samples(args.samples, cfg.n, rows=eval_set, what="best_of_n.n")
     reward_model, reward_tokenizer = load_for_scoring(args.reward_model, cfg)
     prompts = [format_prompt(r["instruction"]) for r in eval_set]
-    best = best_of_n(policy, tokenizer, reward_model, reward_tokenizer, prompts, cfg)
+    best = best_of_samples(reward_model, reward_tokenizer, prompts, [r["samples"] for r in samples],
+                           [r["finished"] for r in samples], cfg)
     if not distributed.is_main():
         return
     write_json(args.out, model_outputs(eval_set, best["outputs"], args.generator))
@@ -43,7 +44,7 @@ def main(args, params) -> None:
 
 def arguments():
     p = parser(__doc__)
-    p.add_argument("--sft", required=True, help="the sampling model folder (the SFT model, upstream's decoder)")
+    p.add_argument("--samples", required=True, help="n SFT samples per instruction (upstream's decoder), data/sft_samples/eval_set.json")
     p.add_argument("--reward_model", required=True, help="reward model folder")
     p.add_argument("--eval_set", required=True)
     p.add_argument("--out", required=True, help="model_outputs.json to write")

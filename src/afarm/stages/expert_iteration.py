@@ -1,31 +1,23 @@
 """Stage `expert_iteration`: best-of-n of the SFT model on the unlabeled split, then SFT on those outputs.
 
-Samples and scores on this process's GPU (else the CPU), in ``best_of_n.generation.dtype``; the
-model that trains is loaded apart when that dtype is set. Not yet in ``afarm.dag.DISTRIBUTED``:
-the sampling part is data-parallel already (``afarm.methods.best_of_n``) and only rank 0 writes,
-but several processes also need the sharded training loop and a gathered save
-(``afarm.distributed.save_model`` instead of the rank-0 ``save_model`` below).
+The n samples per instruction are the `sft_samples` stage's (recipe ``expert_iteration``: drawn once
+for both worlds, in ``best_of_n.generation.dtype``); this stage scores them with its world's reward
+model (data-parallel over the processes, ``afarm.methods.best_of_n``), then trains the SFT model on the
+best ones (fp32 master weights; FSDP-sharded in several processes) and saves it gathered, from rank 0.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from afarm import distributed
 from afarm.config import stage_config
 from afarm.curves import curve_columns, write_curve
 from afarm.io import read_records, write_json
-from afarm.methods.best_of_n import best_of_n, load_for_scoring
-from afarm.methods.expert_iteration import ExpertIterationConfig, train_on_best
-from afarm.models.generate import load_for_generation
+from afarm.methods.best_of_n import best_of_samples, load_for_scoring
+from afarm.methods.expert_iteration import ExpertIterationStageConfig, train_on_best
+from afarm.methods.sft_samples import read_samples
 from afarm.models.lm import load_model, save_model
 from afarm.models.prompts import format_prompt
 from afarm.stages._cli import check_training, model_card, parser, run
-
-
-@dataclass
-class ExpertIterationStageConfig(ExpertIterationConfig):
-    limit: int | None = None  # first N unlabeled instructions only; None = the whole split (paper: 20k)
 
 
 def main(args, params) -> None:
@@ -33,16 +25,14 @@ def main(args, params) -> None:
     check_training(params, "expert_iteration.train", cfg.train)
     rows = read_records(args.unlabeled, required=("instruction", "input"), nonempty=("instruction",),
                         types={"instruction": str, "input": str})[: cfg.limit]
-    sampler, tokenizer = load_for_generation(args.sft, cfg.best_of_n.generation)
+    samples = read_samples(args.samples, cfg.best_of_n.n, rows=rows, what="expert_iteration.best_of_n.n")
     reward_model, reward_tokenizer = load_for_scoring(args.reward_model, cfg.best_of_n)
     prompts = [format_prompt(r["instruction"], r["input"]) for r in rows]
-    best = best_of_n(sampler, tokenizer, reward_model, reward_tokenizer, prompts, cfg.best_of_n)  # data-parallel, on every rank
+    best = best_of_samples(reward_model, reward_tokenizer, prompts, [r["samples"] for r in samples],
+                           [r["finished"] for r in samples], cfg.best_of_n)  # data-parallel, on every rank
     del reward_model  # free the device for training
-    if cfg.best_of_n.generation.dtype is None:  # tiny: the model that sampled trains (fp32)
-        policy = sampler
-    else:  # paper: a bf16 copy sampled; the trainee holds fp32 master weights
-        del sampler
-        policy = load_model(args.sft, dtype="float32")[0].to(distributed.device())
+    policy, tokenizer = load_model(args.sft, dtype="float32")  # the trainee holds fp32 master weights
+    policy = policy.to(distributed.device())
     _, stats = train_on_best(policy, tokenizer, prompts, best, cfg)
     card = model_card(params, "expert_iteration", args.sft, [args.unlabeled], models={"reward model": args.reward_model}, expert_iteration=cfg)
     save_model(policy, tokenizer, args.out, card)  # gathered, written by rank 0
@@ -69,9 +59,10 @@ def main(args, params) -> None:
 
 def arguments():
     p = parser(__doc__)
-    p.add_argument("--sft", required=True, help="SFT model folder: the sampler and the starting point")
+    p.add_argument("--sft", required=True, help="SFT model folder: the starting point")
     p.add_argument("--reward_model", required=True, help="reward model folder")
     p.add_argument("--unlabeled", required=True, help="the unlabeled split")
+    p.add_argument("--samples", required=True, help="n SFT samples per unlabeled instruction, data/sft_samples/unlabeled.json")
     p.add_argument("--out", required=True, help="model folder to write, models/expert_iteration_<set>")
     p.add_argument("--data", required=True, help="the selected best-of-n outputs (JSON)")
     p.add_argument("--metrics", required=True)

@@ -3,7 +3,8 @@
 Held-out data: the validation split's prompts (no method of a world trains on them; SFT 52k does,
 so the SFT rows use the evaluation set's reference answers instead, which no split contains).
 On each prompt the SFT model samples ``2 x pairs_per_prompt`` outputs (at least best-of-n's ``n``)
-with the world's training decoding (``preference_data.generation``); consecutive samples form the
+with the world's training decoding (``preference_data.generation``; the `sft_samples` stage draws
+them once for both worlds, recipe ``method_health``); consecutive samples form the
 held-out preference pairs, judged by the world's training labeller (``preference_data.annotators``,
 label noise included) and by its clean counterpart (``method_health.clean_annotators``).
 
@@ -32,7 +33,6 @@ prompts for the pair accuracies; a check passes when the gain exceeds ``k`` stan
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -42,44 +42,21 @@ from afarm.annotators.cache import AnnotationCache
 from afarm.annotators.registry import load_annotator
 from afarm.config import stage_config
 from afarm.data.eval_set import load_eval_set
+from afarm.data.labelling import PreferenceDataConfig, judge_instruction
 from afarm.data.preferences import binarize
 from afarm.io import InputError, read_json, read_records, write_json, write_text
-from afarm.methods.health import response_logps
+from afarm.methods.health import MethodHealthConfig, response_logps
 from afarm.methods.reward_conditioning import RewardConditioningConfig
 from afarm.methods.reward_model import load_reward_model, score
+from afarm.methods.sft_samples import read_samples
 from afarm.metrics import health
 from afarm.models.generate import GenerationConfig, generate_samples, load_for_generation
 from afarm.models.lm import load_model
 from afarm.models.prompts import chat_prompt, format_prompt
 from afarm.report.leaderboard import write_csv
 from afarm.stages._cli import parser, repo_paths, run
-from afarm.stages.preference_data import PreferenceDataConfig, judge_instruction
 
 log = logging.getLogger("afarm.stages.method_health")
-
-
-@dataclass
-class MethodHealthConfig:
-    # Held-out pairs per validation prompt (our choice). paper: 1 (2000 prompts, 2000 pairs);
-    # tiny: 2, so the 200 validation prompts give 400 pairs (the issue asks for at least 200).
-    pairs_per_prompt: int = 1
-    # SFT samples per prompt for the best-of-n row: upstream's n = 16 (README best-of-n command).
-    best_of_n: int = 16
-    # Samples per validation prompt of each policy (PPO, Quark, expert iteration; reward conditioning with each
-    # token) and of SFT, compared pairwise by the reward model (our choice; paper 1 on 2000 prompts; tiny 4 on
-    # 200, as one sample per prompt leaves an SE near 0.06 from sampling alone). The SE is cluster-robust.
-    policy_samples: int = 1
-    # A check passes when the gain exceeds k standard errors (our choice: 2, one-sided ~2.3% by chance).
-    k: float = 2.0
-    # The labeller without label noise, per preference set (None: that column is left out). The ceiling an
-    # RM can reach on noisy labels is this judge's agreement with them (p_label_flip 0.25: about 0.75).
-    clean_annotators: dict[str, str | None] = field(default_factory=lambda: {"sim": None, "human": None})
-    # Labeller of the held-out pairs of a set whose training labels come from the hub (people, paper's human
-    # set): the world's evaluator is the nearest judge we can call (our choice).
-    hub_labellers: dict[str, str] = field(default_factory=lambda: {"human": "alpaca_farm_greedy_gpt4"})
-    max_length: int = 512  # as the methods' training max_length (dpo.sh --model_max_length 512)
-    batch_size: int = 32  # sequences per scoring / log-probability pass (our choice)
-    num_threads: int | None = None
 
 
 # model flag -> the method it checks, in table order
@@ -126,14 +103,11 @@ def main(args, params) -> None:
     rows = read_records(args.validation, required=("instruction", "input"), nonempty=("instruction",),
                         types={"instruction": str, "input": str})
     prompts = [format_prompt(r["instruction"], r["input"]) for r in rows]
-    n_samples = max(2 * cfg.pairs_per_prompt, cfg.best_of_n, cfg.policy_samples)
-    gen = GenerationConfig(**{**vars(pdata.generation), "num_samples": n_samples, "show_progress": False})
+    gen = GenerationConfig(**{**vars(pdata.generation), "num_samples": cfg.sft_samples, "show_progress": False})
     many = GenerationConfig(**{**vars(gen), "num_samples": cfg.policy_samples})
     k_prompts = [p for p in prompts for _ in range(cfg.policy_samples)]  # prompt of each policy sample (its cluster)
     sft, tokenizer = load_for_generation(args.sft, gen)
-    sft_samples = generate_samples(sft, tokenizer, prompts, gen)
-
-    log.info("sampled %d x %d SFT outputs", len(prompts), n_samples)
+    sft_samples = [r["samples"] for r in read_samples(args.samples, cfg.sft_samples, rows=rows, what="method_health's SFT samples")]
     # ---- held-out preference pairs, labelled as the training pairs are
     records = []
     for r, p, samples in zip(rows, prompts, sft_samples):
@@ -328,6 +302,7 @@ def arguments():
     for flag in ("base_model", "sft", "sft_52k", "reward_model", "dpo", "feedme", "reward_conditioning", *POLICIES):
         p.add_argument(f"--{flag}", required=True, help=f"model folder ({flag})")
     p.add_argument("--validation", required=True, help="the validation split (held-out prompts)")
+    p.add_argument("--samples", required=True, help="the SFT model's samples on it, data/sft_samples/validation.json")
     p.add_argument("--eval_set", required=True, help="data/eval_set.json (held-out reference answers for the SFT rows)")
     p.add_argument("--annotations", nargs="+", required=True, help="this world's annotation files (win-rate deltas)")
     p.add_argument("--csv", required=True)

@@ -1,7 +1,8 @@
 """Stage `preference_data`: pairs of SFT outputs on the preference split, judged by a training annotator.
 
-For every instruction of the preference split, two outputs are sampled from the SFT model
-(AlpacaFarm samples the pairs at temperature 1.0) and the pair is judged by the annotator
+For every instruction of the preference split, two outputs of the SFT model (AlpacaFarm samples
+the pairs at temperature 1.0; the `sft_samples` stage draws them once for both worlds, with
+``preference_data.generation``) are judged by the annotator
 that params ``preference_data.annotators`` names for this preference set (``--preference_set
 sim``: the simulated pool; ``human`` at tiny scale: a stronger stand-in judge). With
 ``preference_data.source.<set>: hub`` the labelled pairs come from the hub instead (the paper's
@@ -9,55 +10,25 @@ human set: upstream's ``alpaca_human_preference``, 10k pairs), through the real 
 to AlpacaFarm's binary labels (a tie takes a seeded coin); the judge's own value is kept in
 ``preference_raw``. Replies that cannot be parsed are dropped (and counted in the metrics).
 
-Sampling runs on this process's GPU (else the CPU); in several processes the ranks share the
-sampling batches (``afarm.models.generate``) and rank 0 alone judges (one cache, no judge call
-twice) and writes.
+One process: the judge (a local judge model runs on this process's GPU; one cache, no judge call twice).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from afarm import distributed
 from afarm.annotators.base import Pair, annotate_pairs
 from afarm.annotators.cache import AnnotationCache
 from afarm.annotators.registry import load_annotator
 from afarm.config import stage_config
 from afarm.data import preferences
-from afarm.io import InputError, read_records, write_json
-from afarm.models.generate import GenerationConfig, generate_samples, load_for_generation
-from afarm.models.prompts import format_prompt
+from afarm.data.labelling import PreferenceDataConfig, judge_instruction
+from afarm.io import InputError, write_json
+from afarm.methods.sft_samples import read_samples
 from afarm.stages._cli import parser, repo_paths, run
 
 log = logging.getLogger("afarm.stages.preference_data")
-
-
-def _sampling() -> GenerationConfig:
-    # AlpacaFarm samples each pair from the SFT model at temperature 1.0 (paper Sec. 4 / App.);
-    # top_p 0.9 and 300 new tokens are upstream's decoding defaults (GenerationConfig comments).
-    return GenerationConfig(temperature=1.0, do_sample=True, num_samples=2)
-
-
-@dataclass
-class PreferenceDataConfig:
-    # preference set -> annotator config name. paper: sim = alpaca_farm_pool (the noisy simulated
-    # pool, p_label_flip 0.25); human = the human set of the sim-vs-human stage.
-    annotators: dict[str, str | None] = field(default_factory=lambda: {"sim": "alpaca_farm_pool", "human": None})
-    # preference set -> where its labels come from: "annotator" (sample pairs from the SFT model, judge
-    # them) or "hub" (load labelled pairs: the paper's 10k human pairs, upstream alpaca_human_preference)
-    source: dict[str, str] = field(default_factory=lambda: {"sim": "annotator", "human": "hub"})
-    hub: preferences.HubPreferenceConfig = field(default_factory=preferences.HubPreferenceConfig)  # source "hub"
-    generation: GenerationConfig = field(default_factory=_sampling)  # num_samples is forced to 2
-    seed: int = 0  # order-randomization coin of the judge and the tie-breaking coin (our choice)
-    limit: int | None = None  # first N instructions only (quick runs); None = the whole split (paper: 20k)
-    config_dirs: list[str] = field(default_factory=list)  # extra folders of annotator configs
-
-
-def judge_instruction(instruction: str, input: str) -> str:  # noqa: A002 - the data's field name
-    """What the judge sees as the instruction: the input appended, as AlpacaEval merges them."""
-    return f"{instruction}\n\n{input}" if input else instruction
 
 
 def main(args, params) -> None:
@@ -72,15 +43,8 @@ def main(args, params) -> None:
         raise InputError(params.get("_path", "params.yaml"), f"no annotator for preference set {args.preference_set!r}",
                          field=f"preference_data.annotators.{args.preference_set}")
     paths = repo_paths(params)  # relative paths: against the repository root
-    rows = read_records(args.preference, required=("instruction", "input"), nonempty=("instruction",),
-                        types={"instruction": str, "input": str})[: cfg.limit]
-    gen = GenerationConfig(**{**vars(cfg.generation), "num_samples": 2})
-    model, tokenizer = load_for_generation(args.sft, gen)
-    samples = generate_samples(model, tokenizer, [format_prompt(r["instruction"], r["input"]) for r in rows], gen)
-    if not distributed.is_main():
-        return
-    del model  # free its memory before the judge (a local judge model may need the GPU)
-
+    rows = read_samples(args.samples, 2, what="a pair")
+    samples = [r["samples"] for r in rows]
     annotator = load_annotator(cfg.annotators[args.preference_set], paths["shared_data"], [Path(d) for d in cfg.config_dirs])
     pairs = [Pair(judge_instruction(r["instruction"], r["input"]), s[0], s[1]) for r, s in zip(rows, samples)]
     with AnnotationCache(Path(paths["cache_dir"]) / "annotations.sqlite") as cache:
@@ -127,8 +91,7 @@ def _from_hub(args, cfg: PreferenceDataConfig) -> None:
 
 def arguments():
     p = parser(__doc__)
-    p.add_argument("--sft", required=True, help="SFT model folder (the sampler)")
-    p.add_argument("--preference", required=True, help="the preference split")
+    p.add_argument("--samples", required=True, help="the pairs: SFT samples on the preference split, data/sft_samples/preference.json")
     p.add_argument("--out", required=True, help="preference file to write, data/preferences/<set>.json")
     p.add_argument("--metrics", required=True)
     p.add_argument("--preference_set", required=True, help="which set: picks the annotator in params (sim | human)")
