@@ -21,3 +21,14 @@ def shared() -> Path:
     if not SHARED.exists():
         pytest.skip(f"data bundle not found at {SHARED}")
     return SHARED
+
+
+E2E_TEST = "test_pipeline_e2e.py::test_reduced_tiny_dag_with_snakemake_dvc_push_pull_and_repro"
+
+
+def pytest_collection_finish(session):
+    """When the end-to-end test will run, its from-scratch ``dvc repro`` starts as soon as the shared reduced
+    workspace is built (pipeline_helpers.start_fresh_repro), beside the tests in between."""
+    import pipeline_helpers
+
+    pipeline_helpers.PREFETCH_FRESH_REPRO = any(item.nodeid.endswith(E2E_TEST) for item in session.items)

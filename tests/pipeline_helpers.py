@@ -7,12 +7,19 @@ params.yaml with ``REDUCED``: only params differ from the real tiny run, never c
 ``built_workspace`` runs the reduced DAG once per test process (``snakemake`` then
 ``dvc commit``) and returns that folder; tests take a ``clone_workspace`` copy of it and
 never modify the original, so several test modules share one DAG run.
+
+``start_fresh_repro`` / ``fresh_repro``: the end-to-end test's from-scratch ``dvc repro`` (one stage at
+a time, on one core) in a fresh clone of the built workspace. When the session will run that test
+(``conftest.py`` sets ``PREFETCH_FRESH_REPRO``) it starts in the background as soon as the workspace is
+built, on the core the tests in between leave idle, and the test waits for it.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -147,7 +154,46 @@ def built_workspace(repo: Path, shared: Path, tmp_path_factory) -> Path:
         sh("dvc commit -f", work)
         sh("git add -A && git commit -qm 'tiny run'", work)
         _BUILT["work"] = work
+        if PREFETCH_FRESH_REPRO:
+            start_fresh_repro(work)
     return _BUILT["work"]
+
+
+PREFETCH_FRESH_REPRO = False  # set by conftest.py when the session collects the end-to-end test
+_FRESH: dict[str, tuple[Path, subprocess.Popen]] = {}
+
+
+def start_fresh_repro(built: Path) -> None:
+    """Start ``dvc repro`` from scratch in a fresh ``git clone`` of ``built`` (code, params and dvc.lock;
+    no outputs) with its own empty annotation cache, in the background; once per process."""
+    if "fresh" in _FRESH:
+        return
+    fresh, cache = built.parent / "fresh", built.parent / "fresh-annotation-cache"
+    sh(f"git clone -q {built} {fresh}", built.parent)
+    params = yaml.safe_load((fresh / "params.yaml").read_text())
+    params["paths"]["cache_dir"] = str(cache)
+    (fresh / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with open(built.parent / "fresh-repro.log", "w") as log:
+        proc = subprocess.Popen("dvc repro -q", shell=True, cwd=fresh, env=env(fresh), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    _FRESH["fresh"] = (fresh, proc)
+    atexit.register(_stop, proc)
+
+
+def fresh_repro(timeout: float = 2400) -> Path:
+    """Wait for ``start_fresh_repro``'s run; its clone, or a failure with the end of its log."""
+    fresh, proc = _FRESH["fresh"]
+    code = proc.wait(timeout=timeout)
+    if code != 0:
+        log = (fresh.parent / "fresh-repro.log").read_text()
+        raise AssertionError(f"`dvc repro` from scratch failed in {fresh} ({code}):\n{log[-6000:]}")
+    return fresh
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End a background run still going when the test process exits (its whole process group)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
 
 
 def clone_workspace(built: Path, dest: Path) -> Path:
