@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from afarm.config import stage_config
 from afarm.data.labelling import PreferenceDataConfig
-from afarm.io import InputError, read_records, write_json
+from afarm.io import InputError, read_records
 from afarm.methods.best_of_n import BestOfNConfig
 from afarm.methods.expert_iteration import ExpertIterationStageConfig
 from afarm.methods.health import MethodHealthConfig
@@ -68,10 +68,6 @@ def _with_n(generation: GenerationConfig, n: int) -> GenerationConfig:
 def sample_records(rows: list[dict], samples: list[list[str]], finished: list[list[bool]]) -> list[dict]:
     return [{"instruction": r["instruction"], "input": r.get("input", ""), "samples": s, "finished": f}
             for r, s, f in zip(rows, samples, finished)]
-
-
-def write_samples(path: str | os.PathLike, records: list[dict]) -> None:
-    write_json(path, records)
 
 
 def read_samples(path: str | os.PathLike, n: int, rows: list[dict] | None = None, what: str = "n") -> list[dict]:

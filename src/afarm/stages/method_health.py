@@ -103,10 +103,10 @@ def main(args, params) -> None:
     rows = read_records(args.validation, required=("instruction", "input"), nonempty=("instruction",),
                         types={"instruction": str, "input": str})
     prompts = [format_prompt(r["instruction"], r["input"]) for r in rows]
-    gen = GenerationConfig(**{**vars(pdata.generation), "num_samples": cfg.sft_samples, "show_progress": False})
-    many = GenerationConfig(**{**vars(gen), "num_samples": cfg.policy_samples})
+    # the policies' and reward conditioning's samples (the SFT model's come from the sft_samples stage)
+    many = GenerationConfig(**{**vars(pdata.generation), "num_samples": cfg.policy_samples, "show_progress": False})
     k_prompts = [p for p in prompts for _ in range(cfg.policy_samples)]  # prompt of each policy sample (its cluster)
-    sft, tokenizer = load_for_generation(args.sft, gen)
+    sft, tokenizer = load_for_generation(args.sft, many)
     sft_samples = [r["samples"] for r in read_samples(args.samples, cfg.sft_samples, rows=rows, what="method_health's SFT samples")]
     # ---- held-out preference pairs, labelled as the training pairs are
     records = []

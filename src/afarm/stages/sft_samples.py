@@ -15,8 +15,8 @@ import logging
 
 from afarm import distributed
 from afarm.data.eval_set import load_eval_set
-from afarm.io import read_records
-from afarm.methods.sft_samples import RECIPES, recipe, sample_records, write_samples
+from afarm.io import read_records, write_json
+from afarm.methods.sft_samples import RECIPES, recipe, sample_records
 from afarm.models.generate import generate_samples_finished, load_for_generation
 from afarm.models.prompts import format_prompt
 from afarm.stages._cli import parser, run
@@ -35,7 +35,7 @@ def main(args, params) -> None:
     prompts = [format_prompt(row["instruction"], row.get("input", "")) for row in rows]
     samples, finished = generate_samples_finished(model, tokenizer, prompts, r.generation)
     if distributed.is_main():
-        write_samples(args.out, sample_records(rows, samples, finished))
+        write_json(args.out, sample_records(rows, samples, finished))
         log.info("%d prompts x %d samples (recipe %s)", len(rows), r.generation.num_samples, args.recipe)
 
 
