@@ -259,3 +259,23 @@ def test_top_p_keeps_the_nucleus():
     full = [int(_next_tokens(logits, GenerationConfig(top_p=1.0), gen)) for _ in range(4000)]
     assert [full.count(k) / 4000 for k in range(4)] == pytest.approx([0.5, 0.3, 0.15, 0.05], abs=0.03)
     assert int(_next_tokens(logits, GenerationConfig(do_sample=False), gen)) == 0
+
+
+def test_cached_forward_decodes_as_a_full_forward_under_the_models_own_cache_name(tok, recwarn):
+    """cached_forward passes the KV cache under the name this transformers' forward takes (``cache`` in 5.x,
+    ``past_key_values`` before): token-by-token decoding from the cache gives the logits of one full pass, and no
+    deprecation warning about the cache's name is raised (the old name goes in transformers 5.40)."""
+    from afarm.models.lm import cached_forward
+
+    model = build_model(TINY, tok).eval()
+    ids = torch.tensor([tok("the cat sat on the mat")["input_ids"]])
+    with torch.no_grad():
+        full = model(input_ids=ids).logits[0]
+        out, cache = cached_forward(model, None, input_ids=ids[:, :3])
+        steps = [out.logits[0, -1]]
+        for t in range(3, ids.size(1)):
+            out, cache = cached_forward(model, cache, input_ids=ids[:, t : t + 1], position_ids=torch.tensor([[t]]))
+            steps.append(out.logits[0, -1])
+    assert cache is not None
+    torch.testing.assert_close(torch.stack(steps), full[2:], atol=1e-5, rtol=1e-5)
+    assert not [w for w in recwarn if "past_key_values" in str(w.message)]

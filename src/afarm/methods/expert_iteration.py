@@ -31,15 +31,13 @@ class ExpertIterationStageConfig(ExpertIterationConfig):
 
 
 def select_expert_data(prompts: Sequence[str], best: dict) -> list[tuple]:
-    """(prompt, best output) training pairs from a ``best_of_n`` result (empty outputs are kept:
-    SFT then learns to answer with EOS only when the reward model prefers that); with the result's
-    ``finished`` flags, (prompt, output, finished) triples: an output cut off at the generation cap
-    is trained without EOS, so that the policy does not learn to stop mid-answer (our choice; at tiny
-    scale, with a 64-token cap, about half of the selected outputs are cut off, and with EOS after them
-    the trained policy's samples came out shorter than SFT's and no better by the reward model)."""
-    if "finished" not in best:
-        return list(zip(prompts, best["outputs"]))
-    return list(zip(prompts, best["outputs"], best["finished"]))
+    """(prompt, best output, finished) training triples from a ``best_of_n`` result. Empty outputs are
+    kept: SFT then learns to answer with EOS only when the reward model prefers that. An output cut off
+    at the generation cap (``finished`` False) is trained without EOS, so that the policy does not learn
+    to stop mid-answer (our choice; at tiny scale, with a 64-token cap, about half of the selected outputs
+    are cut off, and with EOS after them the trained policy's samples came out shorter than SFT's and no
+    better by the reward model)."""
+    return list(zip(prompts, best["outputs"], best["finished"], strict=True))
 
 
 def expert_iteration(policy, tokenizer, reward_model, reward_tokenizer, prompts: Sequence[str], cfg: ExpertIterationConfig) -> tuple[list[tuple[str, str]], dict, dict]:

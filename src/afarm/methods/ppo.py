@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from afarm import distributed
-from afarm.models.lm import torch_threads
+from afarm.models.lm import cached_forward, torch_threads
 
 RewardFn = Callable[[list[str], list[str]], torch.Tensor]  # (prompts, responses) -> scores, shape (B,)
 
@@ -293,8 +293,8 @@ def sample_responses(model, queries: torch.Tensor, query_mask: torch.Tensor, max
     """
     device = queries.device
     attention_mask, pos = query_mask, position_ids(query_mask)
-    out = model(input_ids=queries, attention_mask=attention_mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    cache, next_pos = out.past_key_values, pos[:, -1:] + 1
+    out, cache = cached_forward(model, None, input_ids=queries, attention_mask=attention_mask, position_ids=pos, logits_to_keep=1)
+    next_pos = pos[:, -1:] + 1
     done = torch.zeros(queries.size(0), dtype=torch.bool, device=device)
     tokens, masks, logprobs, entropies = [], [], [], []
     logits = out.logits[:, -1]
@@ -316,8 +316,8 @@ def sample_responses(model, queries: torch.Tensor, query_mask: torch.Tensor, max
         if (distributed.mean_across_ranks(float(ended)) == 1.0) if synced else ended:
             break
         attention_mask = torch.cat([attention_mask, fed_mask.long()[:, None]], dim=1)  # the fed token's mask
-        out = model(input_ids=fed[:, None], attention_mask=attention_mask, position_ids=next_pos, past_key_values=cache, use_cache=True)
-        cache, next_pos, logits = out.past_key_values, next_pos + 1, out.logits[:, -1]
+        out, cache = cached_forward(model, cache, input_ids=fed[:, None], attention_mask=attention_mask, position_ids=next_pos)
+        next_pos, logits = next_pos + 1, out.logits[:, -1]
     return torch.stack(tokens, 1), torch.stack(masks, 1).long(), torch.stack(logprobs, 1), torch.stack(entropies, 1)
 
 

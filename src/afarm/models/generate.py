@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from afarm import distributed
-from afarm.models.lm import load_model, torch_threads
+from afarm.models.lm import cached_forward, load_model, torch_threads
 
 log = logging.getLogger("afarm.models.generate")
 
@@ -102,10 +102,8 @@ def _generate_batch(model, input_ids, attention_mask, cfg, generators, eos_id: i
     faster; each row samples from its own generator, so dropping others does not change it.
     """
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, logits_to_keep=1
-    )
-    cache, next_position = out.past_key_values, position_ids[:, -1:] + 1
+    out, cache = cached_forward(model, None, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1)
+    next_position = position_ids[:, -1:] + 1
     live = list(range(input_ids.size(0)))  # original row of each row still generating
     generated: list[list[int]] = [[] for _ in live]
     logits = out.logits[:, -1, :]
@@ -123,13 +121,7 @@ def _generate_batch(model, input_ids, attention_mask, cfg, generators, eos_id: i
             tokens, attention_mask, next_position = tokens[keep], attention_mask[keep], next_position[keep]
             live = [live[k] for k in keep.tolist()]
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(live), 1)], dim=1)
-        out = model(
-            input_ids=tokens[:, None],
-            attention_mask=attention_mask,
-            position_ids=next_position,
-            past_key_values=cache,
-            use_cache=True,
-        )
+        out, cache = cached_forward(model, cache, input_ids=tokens[:, None], attention_mask=attention_mask, position_ids=next_position)
         logits, next_position = out.logits[:, -1, :], next_position + 1
     return generated
 

@@ -8,6 +8,7 @@ real checkpoint (AlpacaFarm fine-tunes LLaMA-7B) and the same code loads it.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +145,18 @@ def load_model(path: str | os.PathLike, dtype: str | None = None, device: torch.
 def num_parameters(model: PreTrainedModel) -> int:
     """Number of distinct parameters (tied embeddings counted once)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def cached_forward(model, cache, **inputs):
+    """One forward pass of a decoding loop that continues from the KV ``cache`` (None: the first pass,
+    which starts one); returns (the model output, its cache). transformers 5.x names the cache ``cache``
+    (in and out) and warns that ``past_key_values``, the only name of 4.x, goes in 5.40: pass the name that
+    the model's ``forward`` takes."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    if cache is not None:
+        inputs[name] = cache
+    out = model(**inputs, use_cache=True)
+    return out, getattr(out, name)
 
 
 @contextlib.contextmanager
