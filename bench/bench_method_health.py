@@ -6,7 +6,9 @@ labeller). This bench retrains the reward model, DPO, FeedME and reward conditio
 ``--seeds`` other training seeds (the seed of the data order, of the held-out split inside each method and
 of new weights), from the run's SFT model and preference set with the params.yaml recipe, and applies the
 same checks (``afarm.metrics.health``): gain over the starting point > k standard errors on the held-out
-pairs, scored against their clean labels where the world has them (as the stage). Expert iteration retrains
+pairs, scored against their clean labels where the world has them (as the stage). Reward conditioning also
+gets the stage's generation check (key ``control``): the run's reward model scores the retrained model's samples
+with the good token against those with the bad one. Expert iteration retrains
 its SFT step on the run's best-of-n selection (``data/expert_iteration/<set>.json``) and is checked by the
 reward-model score of one sample per validation prompt over the SFT model's (training decoding, one fixed
 sampling seed). PPO and Quark are left out (minutes each per seed on the tiny scale).
@@ -85,10 +87,12 @@ def check_expert_iteration(seed: int, params: dict, root: Path, pset: str, hcfg:
             "passed": health.passes(gain, hcfg.k), "seconds": round(time.perf_counter() - start, 1)}
 
 
-def check(method: str, seed: int, params: dict, prefs: list[dict], pairs, sft: str, hcfg: MethodHealthConfig) -> dict:
+def check(method: str, seed: int, params: dict, prefs: list[dict], pairs, root: Path, pset: str, hcfg: MethodHealthConfig) -> dict:
     prompts, out_1, out_2, labels = pairs
+    sft = str(root / "models" / "sft")
     torch.manual_seed(seed)
     start = time.perf_counter()
+    extra = {}
 
     def lp(model, tok, texts, prefix=""):
         return response_logps(model, tok, [prefix + p for p in prompts], texts, hcfg.max_length, hcfg.batch_size, 1)[0]
@@ -115,10 +119,27 @@ def check(method: str, seed: int, params: dict, prefs: list[dict], pairs, sft: s
             good, bad = cfg.positive_token, cfg.negative_token
             margins = health.implicit_margins(lp(model, mtok, out_1, good), lp(model, mtok, out_2, good),
                                               lp(model, mtok, out_1, bad), lp(model, mtok, out_2, bad))
+            extra["control"] = check_control(model, mtok, good, bad, params, root, pset, hcfg)
     acc = health.pair_accuracy(health.oriented(margins, labels), clusters=prompts)  # cluster-robust over prompts, as the stage
     gain = health.shifted(acc, 0.5)
     return {"method": method, "seed": seed, "accuracy": acc.value, "se": acc.se, "n": acc.n, "z": gain.value / gain.se if gain.se else None,
-            "passed": health.passes(gain, hcfg.k), "seconds": round(time.perf_counter() - start, 1)}
+            "passed": health.passes(gain, hcfg.k), **extra, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def check_control(model, tok, good: str, bad: str, params: dict, root: Path, pset: str, hcfg: MethodHealthConfig) -> dict:
+    """The stage's row ``reward_conditioning_control`` for a retrained model: the run's reward model scores
+    ``policy_samples`` samples per validation prompt with the good token and as many with the bad one (training
+    decoding, the same sampling seeds for both); their paired difference, cluster-robust over prompts."""
+    rows = json.loads((root / "data" / "splits" / "validation.json").read_text())
+    prompts = [format_prompt(r["instruction"], r["input"]) for r in rows]
+    many = GenerationConfig(**{**vars(stage_config(params, "preference_data", PreferenceDataConfig).generation),
+                               "num_samples": hcfg.policy_samples, "show_progress": False})
+    k_prompts = [p for p in prompts for _ in range(hcfg.policy_samples)]
+    rm, rm_tok = load_reward_model(str(root / "models" / f"reward_model_{pset}"))
+    g, b = [score(rm, rm_tok, k_prompts, [o for s in generate_samples(model, tok, [token + p for p in prompts], many) for o in s],
+                  hcfg.batch_size).tolist() for token in (good, bad)]
+    gain = health.paired_delta(g, b, clusters=k_prompts)
+    return {"gain": gain.value, "se": gain.se, "n": gain.n, "z": gain.value / gain.se if gain.se else None, "passed": health.passes(gain, hcfg.k)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,9 +162,10 @@ def main(argv: list[str] | None = None) -> int:
             if method == "expert_iteration":
                 results.append(check_expert_iteration(seed, params, root, args.preference_set, hcfg))
             else:
-                results.append(check(method, seed, params, prefs, pairs, str(root / "models" / "sft"), hcfg))
+                results.append(check(method, seed, params, prefs, pairs, root, args.preference_set, hcfg))
             print(json.dumps(results[-1]), flush=True)
     failed = [f"{r['method']} seed {r['seed']}" for r in results if not r["passed"]]
+    failed += [f"reward_conditioning_control seed {r['seed']}" for r in results if not r.get("control", {"passed": True})["passed"]]
     print(json.dumps({"preference_set": args.preference_set, "n_runs": len(results), "failed": failed}))
     return 1 if failed else 0
 
