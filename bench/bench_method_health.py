@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(check(method, seed, params, prefs, pairs, root, args.preference_set, hcfg))
             print(json.dumps(results[-1]), flush=True)
     failed = [f"{r['method']} seed {r['seed']}" for r in results if not r["passed"]]
-    failed += [f"reward_conditioning_control seed {r['seed']}" for r in results if not r.get("control", {"passed": True})["passed"]]
+    failed += [f"reward_conditioning_control seed {r['seed']}" for r in results if "control" in r and not r["control"]["passed"]]
     print(json.dumps({"preference_set": args.preference_set, "n_runs": len(results), "failed": failed}))
     return 1 if failed else 0
 

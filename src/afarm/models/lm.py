@@ -8,6 +8,7 @@ real checkpoint (AlpacaFarm fine-tunes LLaMA-7B) and the same code loads it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import os
 from dataclasses import dataclass
@@ -147,12 +148,19 @@ def num_parameters(model: PreTrainedModel) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@functools.lru_cache(maxsize=None)
+def _cache_name(model_class: type) -> str:
+    """The name a model class's ``forward`` takes the KV cache under (looked up once per class: it is
+    asked on every decoding step)."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
 def cached_forward(model, cache, **inputs):
     """One forward pass of a decoding loop that continues from the KV ``cache`` (None: the first pass,
     which starts one); returns (the model output, its cache). transformers 5.x names the cache ``cache``
     (in and out) and warns that ``past_key_values``, the only name of 4.x, goes in 5.40: pass the name that
     the model's ``forward`` takes."""
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    name = _cache_name(type(model))
     if cache is not None:
         inputs[name] = cache
     out = model(**inputs, use_cache=True)
