@@ -26,9 +26,28 @@ def shared() -> Path:
 E2E_TEST = "test_pipeline_e2e.py::test_reduced_tiny_dag_with_snakemake_dvc_push_pull_and_repro"
 
 
+PREBUILD = False  # whether a collected test uses the shared reduced workspace (set at collection)
+
+
 def pytest_collection_finish(session):
     """When the end-to-end test will run, its from-scratch ``dvc repro`` starts as soon as the shared reduced
-    workspace is built (pipeline_helpers.start_fresh_repro), beside the tests in between."""
+    workspace is built (pipeline_helpers.start_fresh_repro), beside the tests in between. When any collected
+    test uses that workspace, its build starts with the session (``_prebuild_reduced_workspace``)."""
+    global PREBUILD
     import pipeline_helpers
 
     pipeline_helpers.PREFETCH_FRESH_REPRO = any(item.nodeid.endswith(E2E_TEST) for item in session.items)
+    PREBUILD = any(getattr(getattr(item, "module", None), "built_workspace", None) is pipeline_helpers.built_workspace
+                   for item in session.items)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _prebuild_reduced_workspace(tmp_path_factory):
+    """Start the shared reduced workspace's Snakemake build in the background as the session starts, so it runs
+    beside the first test modules instead of inside the first test that needs it (pipeline_helpers.start_build).
+    Without the data bundle nothing starts: the tests that need it fail or skip on the ``shared`` fixture."""
+    if PREBUILD and SHARED.exists():
+        import pipeline_helpers
+
+        pipeline_helpers.start_build(REPO, SHARED, tmp_path_factory)
+    yield

@@ -6,7 +6,9 @@ params.yaml with ``REDUCED``: only params differ from the real tiny run, never c
 
 ``built_workspace`` runs the reduced DAG once per test process (``snakemake`` then
 ``dvc commit``) and returns that folder; tests take a ``clone_workspace`` copy of it and
-never modify the original, so several test modules share one DAG run.
+never modify the original, so several test modules share one DAG run. When the session collects a
+test that uses it, ``conftest.py`` starts that build in a background thread as the session starts
+(``start_build``), on the core the first test modules leave idle, and ``built_workspace`` waits for it.
 
 ``start_fresh_repro`` / ``fresh_repro``: the end-to-end test's from-scratch ``dvc repro`` (one stage at
 a time, on one core) in a fresh clone of the built workspace. When the session will run that test
@@ -22,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import yaml
@@ -78,11 +81,13 @@ def merge(base: dict, extra: dict) -> dict:
     return base
 
 
-def env(cwd: Path | None = None, **extra: str) -> dict:
+def env(cwd: Path | None = None, base: dict | None = None, **extra: str) -> dict:
     """The test environment; in a workspace, ``afarm`` is imported from the workspace's own
-    src/ (not the editable install), so a run uses exactly the code that was copied."""
+    src/ (not the editable install), so a run uses exactly the code that was copied. ``base``: the
+    environment to start from (default this process's now; the background build passes the session's
+    first, so a test's ``monkeypatch.setenv`` never reaches it)."""
     # No PYTHONHASHSEED or thread variables of our own: stages get them from the launcher, as users do.
-    out = dict(os.environ)
+    out = dict(os.environ if base is None else base)
     if cwd is not None and (Path(cwd) / "src" / "afarm").is_dir():
         out["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(cwd) / "src"), out.get("PYTHONPATH", "")) if p)
     bin_dir = str(Path(sys.executable).parent)
@@ -95,17 +100,18 @@ def env(cwd: Path | None = None, **extra: str) -> dict:
     return out
 
 
-def run(cmd: str, cwd: Path, check: bool = True, timeout: float | None = 2400, **extra_env: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, shell=True, cwd=cwd, env=env(cwd, **extra_env), capture_output=True, text=True, timeout=timeout)
+def run(cmd: str, cwd: Path, check: bool = True, timeout: float | None = 2400, base: dict | None = None,
+        **extra_env: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, shell=True, cwd=cwd, env=env(cwd, base, **extra_env), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"`{cmd}` failed in {cwd} ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
 
 
-def sh(cmd: str, cwd: Path, **extra_env: str) -> str:
+def sh(cmd: str, cwd: Path, base: dict | None = None, **extra_env: str) -> str:
     """Run a shell command; fail with its output if it fails; return stdout + stderr. (The timeout of
     `run` only stops a hung command: a whole reduced DAG takes 5-15 minutes on 2 loaded cores.)"""
-    result = run(cmd, cwd, **extra_env)
+    result = run(cmd, cwd, base=base, **extra_env)
     return result.stdout + result.stderr
 
 
@@ -128,11 +134,12 @@ def write_params(work: Path, shared: Path, cache_dir: Path, extra: dict | None =
     return params
 
 
-def make_workspace(repo: Path, shared: Path, work: Path, cache_dir: Path, extra: dict | None = None) -> Path:
+def make_workspace(repo: Path, shared: Path, work: Path, cache_dir: Path, extra: dict | None = None,
+                   base: dict | None = None) -> Path:
     """A git repo at ``work`` with the project's files and the reduced params (nothing run yet)."""
     copy_repo(repo, work)
     write_params(work, shared, cache_dir, extra)
-    sh("git init -q -b main && git add -A && git commit -qm reduced", work)
+    sh("git init -q -b main && git add -A && git commit -qm reduced", work, base)
     return work
 
 
@@ -141,21 +148,38 @@ def out_hashes(lock_path: Path) -> dict[str, str]:
     return {o["path"]: o["md5"] for stage in lock["stages"].values() for o in stage.get("outs", [])}
 
 
-_BUILT: dict[str, Path] = {}
+_BUILT: dict[str, object] = {}  # "thread": the build's thread; then "work" (its folder) or "error"
+
+
+def _build(repo: Path, shared: Path, root: Path, base: dict) -> None:
+    try:
+        work = make_workspace(repo, shared, root / "built", root / "built-annotation-cache", base=base)
+        sh("snakemake --cores 2 --quiet", work, base)
+        sh("dvc commit -f", work, base)
+        sh("git add -A && git commit -qm 'tiny run'", work, base)
+        _BUILT["work"] = work
+        if PREFETCH_FRESH_REPRO:
+            start_fresh_repro(work, base)
+    except BaseException as err:  # noqa: BLE001 - re-raised in the test that waits for the build
+        _BUILT["error"] = err
+
+
+def start_build(repo: Path, shared: Path, tmp_path_factory) -> None:
+    """Start building the reduced workspace in a background thread (once per process)."""
+    if "thread" not in _BUILT:
+        args = (repo, shared, tmp_path_factory.mktemp("reduced"), dict(os.environ))  # the environment as of now
+        thread = threading.Thread(target=_build, args=args, daemon=True)
+        _BUILT["thread"] = thread
+        thread.start()
 
 
 def built_workspace(repo: Path, shared: Path, tmp_path_factory) -> Path:
     """The reduced DAG run once per process with Snakemake, recorded in dvc.lock and committed
-    to git (do not modify it: take a ``clone_workspace`` copy)."""
-    if "work" not in _BUILT:
-        root = tmp_path_factory.mktemp("reduced")
-        work = make_workspace(repo, shared, root / "built", root / "built-annotation-cache")
-        sh("snakemake --cores 2 --quiet", work)
-        sh("dvc commit -f", work)
-        sh("git add -A && git commit -qm 'tiny run'", work)
-        _BUILT["work"] = work
-        if PREFETCH_FRESH_REPRO:
-            start_fresh_repro(work)
+    to git (do not modify it: take a ``clone_workspace`` copy). Waits for ``start_build``'s run."""
+    start_build(repo, shared, tmp_path_factory)
+    _BUILT["thread"].join()
+    if "error" in _BUILT:
+        raise AssertionError(f"building the reduced workspace failed: {_BUILT['error']}") from _BUILT["error"]
     return _BUILT["work"]
 
 
@@ -163,18 +187,18 @@ PREFETCH_FRESH_REPRO = False  # set by conftest.py when the session collects the
 _FRESH: dict[str, tuple[Path, subprocess.Popen]] = {}
 
 
-def start_fresh_repro(built: Path) -> None:
+def start_fresh_repro(built: Path, base: dict | None = None) -> None:
     """Start ``dvc repro`` from scratch in a fresh ``git clone`` of ``built`` (code, params and dvc.lock;
     no outputs) with its own empty annotation cache, in the background; once per process."""
     if "fresh" in _FRESH:
         return
     fresh, cache = built.parent / "fresh", built.parent / "fresh-annotation-cache"
-    sh(f"git clone -q {built} {fresh}", built.parent)
+    sh(f"git clone -q {built} {fresh}", built.parent, base)
     params = yaml.safe_load((fresh / "params.yaml").read_text())
     params["paths"]["cache_dir"] = str(cache)
     (fresh / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     with open(built.parent / "fresh-repro.log", "w") as log:
-        proc = subprocess.Popen("dvc repro -q", shell=True, cwd=fresh, env=env(fresh), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen("dvc repro -q", shell=True, cwd=fresh, env=env(fresh, base), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     _FRESH["fresh"] = (fresh, proc)
     atexit.register(_stop, proc)
