@@ -30,9 +30,8 @@ PREBUILD = False  # whether a collected test uses the shared reduced workspace (
 
 
 def pytest_collection_finish(session):
-    """When the end-to-end test will run, its from-scratch ``dvc repro`` starts as soon as the shared reduced
-    workspace is built (pipeline_helpers.start_fresh_repro), beside the tests in between. When any collected
-    test uses that workspace, its build starts with the session (``_prebuild_reduced_workspace``)."""
+    """When any collected test uses the shared reduced workspace, its build starts with the session; when the
+    end-to-end test will run, so does its from-scratch ``dvc repro`` (``_prebuild_reduced_workspace``)."""
     global PREBUILD
     import pipeline_helpers
 
@@ -43,11 +42,14 @@ def pytest_collection_finish(session):
 
 @pytest.fixture(scope="session", autouse=True)
 def _prebuild_reduced_workspace(tmp_path_factory):
-    """Start the shared reduced workspace's Snakemake build in the background as the session starts, so it runs
-    beside the first test modules instead of inside the first test that needs it (pipeline_helpers.start_build).
+    """Start the shared reduced workspace's Snakemake build, and the end-to-end test's ``dvc repro`` from scratch, in
+    the background as the session starts, so they run beside the first test modules instead of inside the first test
+    that needs them (pipeline_helpers.start_build, start_fresh_repro).
     Without the data bundle nothing starts: the tests that need it fail or skip on the ``shared`` fixture."""
-    if PREBUILD and SHARED.exists():
-        import pipeline_helpers
+    import pipeline_helpers
 
+    if PREBUILD and SHARED.exists():
         pipeline_helpers.start_build(REPO, SHARED, tmp_path_factory)
+    if pipeline_helpers.PREFETCH_FRESH_REPRO and SHARED.exists():
+        pipeline_helpers.start_fresh_repro(REPO, SHARED, tmp_path_factory)
     yield

@@ -11,9 +11,9 @@ test that uses it, ``conftest.py`` starts that build in a background thread as t
 (``start_build``), on the core the first test modules leave idle, and ``built_workspace`` waits for it.
 
 ``start_fresh_repro`` / ``fresh_repro``: the end-to-end test's from-scratch ``dvc repro`` (one stage at
-a time, on one core) in a fresh clone of the built workspace. When the session will run that test
-(``conftest.py`` sets ``PREFETCH_FRESH_REPRO``) it starts in the background as soon as the workspace is
-built, on the core the tests in between leave idle, and the test waits for it.
+a time, on one core) in a workspace of its own with the same code and params. When the session will run
+that test (``conftest.py`` sets ``PREFETCH_FRESH_REPRO``) it starts in the background as the session
+starts, beside the build and the tests in between, and the test waits for it.
 """
 
 from __future__ import annotations
@@ -158,8 +158,6 @@ def _build(repo: Path, shared: Path, root: Path, base: dict) -> None:
         sh("dvc commit -f", work, base)
         sh("git add -A && git commit -qm 'tiny run'", work, base)
         _BUILT["work"] = work
-        if PREFETCH_FRESH_REPRO:
-            start_fresh_repro(work, base)
     except BaseException as err:  # noqa: BLE001 - re-raised in the test that waits for the build
         _BUILT["error"] = err
 
@@ -187,18 +185,16 @@ PREFETCH_FRESH_REPRO = False  # set by conftest.py when the session collects the
 _FRESH: dict[str, tuple[Path, subprocess.Popen]] = {}
 
 
-def start_fresh_repro(built: Path, base: dict | None = None) -> None:
-    """Start ``dvc repro`` from scratch in a fresh ``git clone`` of ``built`` (code, params and dvc.lock;
-    no outputs) with its own empty annotation cache, in the background; once per process."""
+def start_fresh_repro(repo: Path, shared: Path, tmp_path_factory) -> None:
+    """Start ``dvc repro`` from scratch, in the background, in a workspace of its own (``make_workspace``: the
+    built workspace's code and params, no outputs, no dvc.lock) with its own empty annotation cache; once
+    per process. Its subprocess gets the environment of the moment it starts."""
     if "fresh" in _FRESH:
         return
-    fresh, cache = built.parent / "fresh", built.parent / "fresh-annotation-cache"
-    sh(f"git clone -q {built} {fresh}", built.parent, base)
-    params = yaml.safe_load((fresh / "params.yaml").read_text())
-    params["paths"]["cache_dir"] = str(cache)
-    (fresh / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    with open(built.parent / "fresh-repro.log", "w") as log:
-        proc = subprocess.Popen("dvc repro -q", shell=True, cwd=fresh, env=env(fresh, base), stdout=log, stderr=subprocess.STDOUT,
+    root = tmp_path_factory.mktemp("fresh")
+    fresh = make_workspace(repo, shared, root / "fresh", root / "fresh-annotation-cache")
+    with open(root / "fresh-repro.log", "w") as log:
+        proc = subprocess.Popen("dvc repro -q", shell=True, cwd=fresh, env=env(fresh), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     _FRESH["fresh"] = (fresh, proc)
     atexit.register(_stop, proc)

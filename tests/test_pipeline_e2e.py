@@ -11,12 +11,12 @@ real tiny run, never code. Then:
    directory remote;
 3. a fresh ``git clone`` + ``dvc pull`` + ``snakemake --touch``: neither ``dvc status`` nor
    ``snakemake -n`` wants to recompute anything;
-4. another fresh clone (of the built workspace's commit) runs the DAG from scratch with ``dvc repro``
+4. another workspace (the same code and params, no outputs) runs the DAG from scratch with ``dvc repro``
    and its own empty annotation cache: every output has the same hash as the Snakemake run
    (bit-for-bit reproducible, with no test-only environment: no PYTHONHASHSEED or thread variables are
    set here; the stage launcher sets them for every engine), and a second ``dvc repro`` is a no-op.
-   It runs in the background from the moment the workspace is built (``pipeline_helpers.start_fresh_repro``:
-   one stage at a time on one core, about 10 minutes, beside the other tests), and the test waits for it here.
+   It runs in the background from the start of the session (``pipeline_helpers.start_fresh_repro``: one stage
+   at a time on one core, about 10 minutes, beside the build and the other tests), and the test waits for it here.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def test_reduced_tiny_dag_with_snakemake_dvc_push_pull_and_repro(repo, shared, t
     # 1. Snakemake builds the whole DAG (once per test session, shared with other modules:
     #    pipeline_helpers.built_workspace); a second run has nothing to do.
     built = built_workspace(repo, shared, tmp_path_factory)
-    start_fresh_repro(built)  # step 4 in the background (already running when the session started it)
+    start_fresh_repro(repo, shared, tmp_path_factory)  # step 4 in the background (already running since the session started)
     work = clone_workspace(built, tmp_path / "work")
     from afarm.dag import PUBLISHED, REFERENCE
 
@@ -102,7 +102,7 @@ def test_reduced_tiny_dag_with_snakemake_dvc_push_pull_and_repro(repo, shared, t
     assert "Nothing to be done" in sh("snakemake --cores 2 -n", clone)
     assert (clone / "results" / "REPORT.md").read_text() == (work / "results" / "REPORT.md").read_text()
 
-    # 4. dvc repro from scratch in another clone gives the same bytes; a rerun is a no-op.
+    # 4. dvc repro from scratch in another workspace gives the same bytes; a rerun is a no-op.
     #    It gets its own empty annotation cache: every judgement is made again, as on a user's machine.
     fresh = fresh_repro()
     cache_dir = Path(yaml.safe_load((fresh / "params.yaml").read_text())["paths"]["cache_dir"])
