@@ -8,7 +8,8 @@ of new weights), from the run's SFT model and preference set with the params.yam
 same checks (``afarm.metrics.health``): gain over the starting point > k standard errors on the held-out
 pairs, scored against their clean labels where the world has them (as the stage). Reward conditioning also
 gets the stage's generation check (key ``control``): the run's reward model scores the retrained model's samples
-with the good token against those with the bad one. Expert iteration retrains
+with the good token against those with the bad one (and their mean lengths, beside the training pairs' chosen
+and rejected outputs' printed first). Expert iteration retrains
 its SFT step on the run's best-of-n selection (``data/expert_iteration/<set>.json``) and is checked by the
 reward-model score of one sample per validation prompt over the SFT model's (training decoding, one fixed
 sampling seed). PPO and Quark are left out (minutes each per seed on the tiny scale).
@@ -35,7 +36,7 @@ import torch
 from afarm.config import load_params, stage_config
 from afarm.data.labelling import PreferenceDataConfig
 from afarm.data.preferences import read_preferences
-from afarm.methods.dpo import DPOConfig, train_dpo
+from afarm.methods.dpo import DPOConfig, preference_pairs, train_dpo
 from afarm.methods.expert_iteration import ExpertIterationStageConfig, train_on_best
 from afarm.methods.feedme import FeedMEConfig, train_feedme
 from afarm.methods.health import MethodHealthConfig, response_logps
@@ -138,10 +139,12 @@ def check_control(model, tok, good: str, bad: str, params: dict, root: Path, pse
                                "num_samples": hcfg.policy_samples, "show_progress": False})
     k_prompts = [p for p in prompts for _ in range(hcfg.policy_samples)]
     rm, rm_tok = load_reward_model(str(root / "models" / f"reward_model_{pset}"))
-    g, b = [score(rm, rm_tok, k_prompts, [o for s in generate_samples(model, tok, [token + p for p in prompts], many) for o in s],
-                  hcfg.batch_size).tolist() for token in (good, bad)]
+    samples = {token: [o for s in generate_samples(model, tok, [token + p for p in prompts], many) for o in s] for token in (good, bad)}
+    g, b = [score(rm, rm_tok, k_prompts, samples[token], hcfg.batch_size).tolist() for token in (good, bad)]
     gain = health.paired_delta(g, b, clusters=k_prompts)
-    return {"gain": gain.value, "se": gain.se, "n": gain.n, "z": gain.value / gain.se if gain.se else None, "passed": health.passes(gain, hcfg.k)}
+    chars = {f"{name}_chars": sum(map(len, samples[token])) / len(samples[token]) for name, token in (("good", good), ("bad", bad))}
+    return {"gain": gain.value, "se": gain.se, "n": gain.n, "z": gain.value / gain.se if gain.se else None, "passed": health.passes(gain, hcfg.k),
+            **chars}
 
 
 def pin_like_the_stages(params: dict) -> None:
@@ -170,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     prefs = read_preferences(root / "data" / "preferences" / f"{args.preference_set}.json")
     pairs = held_out(root / "data" / "health" / f"{args.preference_set}.json")
     torch.set_num_threads(1)
+    # what the control token should learn: the preferred outputs' length against the others' (mean characters)
+    training_pairs = preference_pairs(prefs)[0]
+    print(json.dumps({"training_pairs": len(training_pairs), **{f"{side}_chars": sum(len(p[i]) for p in training_pairs) / len(training_pairs)
+                                                               for i, side in ((1, "chosen"), (2, "rejected"))}}), flush=True)
     results = []
     for method in args.methods:
         for seed in args.seeds:

@@ -48,6 +48,9 @@ def test_every_method_passes_its_held_out_check_in_the_committed_tiny_run(repo, 
     stale = [name for (world, name) in KNOWN_FAILING if world == pset
              and passes(Estimate(health["checks"][name]["gain"], health["checks"][name]["se"], health["checks"][name]["n"]), health["k"])]
     assert not stale, f"these checks pass now: remove them from KNOWN_FAILING: {stale}"
+    for name in ("reward_conditioning_control", "ppo", "quark", "expert_iteration", "best_of_n"):  # the sampling rows
+        check = health["checks"][name]  # mean lengths of the samples compared (characters): what the judges reward most
+        assert 0 < check["start_chars"] and 0 < check["trained_chars"], (name, check)
     rm = health["checks"]["reward_model"]
     if rm.get("ceiling") is not None:  # no RM beats the label-noise ceiling on the noisy labels beyond noise
         assert rm["labels_accuracy"] <= rm["ceiling"] + 3 * rm["se"]

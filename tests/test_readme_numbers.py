@@ -50,3 +50,12 @@ def test_method_health_summary_is_the_committed_runs(repo):
     text = " ".join(_readme(repo).split())
     for pset, world in (("sim", "simulated"), ("human", "human")):
         assert _health_summary(repo, pset, world) in text
+
+
+def test_reward_conditioning_lengths_are_the_committed_runs(repo):
+    """The README's mean sample lengths with the good and the bad control token (simulated world) are the committed
+    run's (results/metrics/method_health_sim.json, row reward_conditioning_control)."""
+    check = json.loads((repo / "results" / "metrics" / "method_health_sim.json").read_text())["checks"]["reward_conditioning_control"]
+    text = " ".join(_readme(repo).split())
+    assert (f"good-token samples are {check['trained_chars']:.0f} characters long on average against "
+            f"{check['start_chars']:.0f} with the bad token") in text
