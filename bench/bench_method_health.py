@@ -142,7 +142,7 @@ def check_control(model, tok, good: str, bad: str, params: dict, root: Path, pse
     samples = {token: [o for s in generate_samples(model, tok, [token + p for p in prompts], many) for o in s] for token in (good, bad)}
     g, b = [score(rm, rm_tok, k_prompts, samples[token], hcfg.batch_size).tolist() for token in (good, bad)]
     gain = health.paired_delta(g, b, clusters=k_prompts)
-    chars = {f"{name}_chars": sum(map(len, samples[token])) / len(samples[token]) for name, token in (("good", good), ("bad", bad))}
+    chars = {f"{name}_chars": health.mean_chars(samples[token]) for name, token in (("good", good), ("bad", bad))}
     return {"gain": gain.value, "se": gain.se, "n": gain.n, "z": gain.value / gain.se if gain.se else None, "passed": health.passes(gain, hcfg.k),
             **chars}
 
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     # what the control token should learn: the preferred outputs' length against the others' (mean characters)
     training_pairs = preference_pairs(prefs)[0]
-    print(json.dumps({"training_pairs": len(training_pairs), **{f"{side}_chars": sum(len(p[i]) for p in training_pairs) / len(training_pairs)
+    print(json.dumps({"training_pairs": len(training_pairs), **{f"{side}_chars": health.mean_chars([p[i] for p in training_pairs])
                                                                for i, side in ((1, "chosen"), (2, "rejected"))}}), flush=True)
     results = []
     for method in args.methods:

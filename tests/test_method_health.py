@@ -107,6 +107,14 @@ def test_win_deltas_pair_by_instruction_by_hand():
         health.win_deltas([{"instruction": "q", "preference": 2.0}], base)
 
 
+def test_mean_chars_by_hand():
+    # 3 + 0 + 6 characters over three outputs (a non-ASCII character counts one)
+    assert health.mean_chars(["abc", "", "héllo!"]) == pytest.approx(3.0)
+    assert health.mean_chars(("ab",)) == 2.0
+    with pytest.raises(ValueError):
+        health.mean_chars([])
+
+
 def test_response_logps_equal_the_sft_loss_and_count_response_tokens():
     texts = ["Say hi.", "Hello there, friend.", "Name a fruit.", "An apple."]
     tok = train_tokenizer([format_prompt(t) + t for t in texts] * 4, vocab_size=300)

@@ -20,6 +20,8 @@ The measures (``afarm.stages.method_health`` computes their inputs from the mode
   ``(logp_w - ref_w) - (logp_l - ref_l)``; beta > 0 only scales it, so its sign (and the
   accuracy) does not depend on beta.
 - ``agreement``: share of items where two labellings agree.
+- ``mean_chars``: mean length of a set of outputs in characters, what the judges of both worlds
+  reward most (the tables' no-model line), recorded beside every sampling check.
 - ``win_deltas``: per-instruction win-rate difference of a model over a baseline from two
   annotation files against the same reference (``preference`` in [1, 2], 2 = the model wins).
 """
@@ -123,6 +125,13 @@ def agreement(labels_a: Sequence, labels_b: Sequence) -> Estimate:
     if len(labels_a) != len(labels_b):
         raise ValueError(f"agreement needs equal lengths, got {len(labels_a)} and {len(labels_b)}")
     return mean_se([1.0 if a == b else 0.0 for a, b in zip(labels_a, labels_b)])
+
+
+def mean_chars(texts: Sequence[str]) -> float:
+    """Mean length in characters of ``texts`` (at least one)."""
+    if not texts:
+        raise ValueError("mean_chars of no texts")
+    return sum(len(t) for t in texts) / len(texts)
 
 
 def passes(gain: Estimate, k: float = 2.0) -> bool:

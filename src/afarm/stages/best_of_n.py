@@ -12,6 +12,7 @@ from afarm import distributed
 from afarm.config import stage_config
 from afarm.data.eval_set import load_eval_set, model_outputs
 from afarm.io import write_json
+from afarm.metrics.health import mean_chars
 from afarm.methods.best_of_n import BestOfNConfig, best_of_samples, load_for_scoring
 from afarm.methods.sft_samples import read_samples
 from afarm.models.prompts import format_prompt
@@ -37,8 +38,8 @@ def main(args, params) -> None:
         "mean_reward_best": sum(chosen) / len(chosen),
         "mean_reward_all_samples": mean_all,
         "mean_reward_first_sample": sum(r[0] for r in best["rewards"]) / len(prompts),
-        "mean_chars_best": sum(map(len, best["outputs"])) / len(prompts),
-        "mean_chars_all_samples": sum(len(s) for per in best["samples"] for s in per) / (len(prompts) * cfg.n),
+        "mean_chars_best": mean_chars(best["outputs"]),
+        "mean_chars_all_samples": mean_chars([s for per in best["samples"] for s in per]),
     })
 
 

@@ -216,7 +216,7 @@ def main(args, params) -> None:
     g, b = rm_score(k_prompts, with_good), rm_score(k_prompts, with_bad)
     table.append(_row("reward_conditioning_control", "RM score: good-token sample - bad-token sample", "validation prompts",
                       sum(b) / len(b), sum(g) / len(g), health.paired_delta(g, b, clusters=k_prompts), cfg.k,
-                      start_chars=_chars(with_bad), trained_chars=_chars(with_good), **win(f"reward_conditioning_{pset}")))
+                      start_chars=health.mean_chars(with_bad), trained_chars=health.mean_chars(with_good), **win(f"reward_conditioning_{pset}")))
 
     log.info("pair rows done")
     # ---- PPO, Quark, expert iteration: RM score of the policy's sample vs the SFT model's, and KL to SFT
@@ -233,7 +233,7 @@ def main(args, params) -> None:
         kl = health.paired_delta(lp, lp_sft, clusters=k_prompts)
         table.append(_row(name, "RM score: policy sample - SFT sample", "validation prompts", sum(sft_scores) / len(sft_scores),
                           sum(scores) / len(scores), health.paired_delta(scores, sft_scores, clusters=k_prompts), cfg.k,
-                          kl_to_sft=kl.value, kl_to_sft_se=kl.se, start_chars=_chars(sft_outs), trained_chars=_chars(outs),
+                          kl_to_sft=kl.value, kl_to_sft_se=kl.se, start_chars=health.mean_chars(sft_outs), trained_chars=health.mean_chars(outs),
                           **win(f"{name}_{pset}")))
 
     # ---- best-of-n: the RM's pick of the SFT model's first n samples vs the first sample
@@ -244,7 +244,7 @@ def main(args, params) -> None:
     first = [flat[i * n] for i in range(len(prompts))]
     table.append(_row("best_of_n", f"RM score: best of {cfg.best_of_n} SFT samples - first", "validation prompts",
                       sum(first) / len(first), sum(best) / len(best), health.paired_delta(best, first), cfg.k,
-                      start_chars=_chars([s[0] for s in sft_samples]), trained_chars=_chars([s[j] for s, j in zip(sft_samples, picks)]),
+                      start_chars=health.mean_chars([s[0] for s in sft_samples]), trained_chars=health.mean_chars([s[j] for s, j in zip(sft_samples, picks)]),
                       **win(f"best_of_n_{pset}")))
 
     for row in table:
@@ -265,11 +265,6 @@ def main(args, params) -> None:
 CSV_COLUMNS = ("preference_set", "method", "measure", "held_out", "n", "start", "trained", "gain", "se", "z", "passed",
                "labels_accuracy", "clean_accuracy", "ceiling", "kl_to_sft", "kl_to_sft_se", "start_chars", "trained_chars",
                "win_baseline", "win_delta", "win_delta_se")
-
-
-def _chars(texts: list[str]) -> float:
-    """Mean length in characters: what the judges of both worlds reward most (the tables' no-model line)."""
-    return sum(len(t) for t in texts) / len(texts)
 
 
 def _f(value, digits: int = 3) -> str:
