@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,5 @@ def _prebuild_reduced_workspace(tmp_path_factory):
     if pipeline_helpers.PREFETCH_FRESH_REPRO and SHARED.exists():
         pipeline_helpers.start_fresh_repro(REPO, SHARED, tmp_path_factory)
     yield
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a test in another worker may still wait for them
+        pipeline_helpers.finish_background()

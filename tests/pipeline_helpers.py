@@ -4,16 +4,21 @@
 (never data/splits, results, models or dvc.lock) into a fresh git repo and shrinks
 params.yaml with ``REDUCED``: only params differ from the real tiny run, never code.
 
-``built_workspace`` runs the reduced DAG once per test process (``snakemake`` then
+``built_workspace`` runs the reduced DAG once per test session (``snakemake`` then
 ``dvc commit``) and returns that folder; tests take a ``clone_workspace`` copy of it and
 never modify the original, so several test modules share one DAG run. When the session collects a
 test that uses it, ``conftest.py`` starts that build in a background thread as the session starts
-(``start_build``), on the core the first test modules leave idle, and ``built_workspace`` waits for it.
+(``start_build``), and ``built_workspace`` waits for it.
 
 ``start_fresh_repro`` / ``fresh_repro``: the end-to-end test's from-scratch ``dvc repro`` (one stage at
 a time, on one core) in a workspace of its own with the same code and params. When the session will run
 that test (``conftest.py`` sets ``PREFETCH_FRESH_REPRO``) it starts in the background as the session
-starts, beside the build and the tests in between, and the test waits for it.
+starts, and the test waits for it.
+
+Under pytest-xdist (the suite runs on several worker processes) each background run is started once per
+session, by the worker that ``claim``s it first, in the folder all workers share (``shared_root``); it
+writes a marker file when it ends, which a test in any worker waits for (``wait_for``), and the worker
+that started it waits for it before it exits (``finish_background``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import yaml
@@ -148,7 +154,43 @@ def out_hashes(lock_path: Path) -> dict[str, str]:
     return {o["path"]: o["md5"] for stage in lock["stages"].values() for o in stage.get("outs", [])}
 
 
-_BUILT: dict[str, object] = {}  # "thread": the build's thread; then "work" (its folder) or "error"
+_BUILT: dict[str, object] = {}  # "root": the session's shared folder; "thread": the build, if this process runs it
+_FRESH: dict[str, object] = {}  # "root"; "proc": the from-scratch repro, if this process runs it
+WAIT = 3600  # seconds a test waits for a background run (a whole reduced DAG takes 5-15 minutes on 2 loaded cores)
+
+
+def shared_root(tmp_path_factory) -> Path:
+    """The folder every test process of the session sees: the session's temporary folder, or under pytest-xdist
+    the folder that holds each worker's own (``popen-gw0``, ...)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def claim(root: Path, name: str) -> bool:
+    """True for the one process of the session that creates ``root/name.claim`` first: it runs the work."""
+    try:
+        os.close(os.open(root / f"{name}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def wait_for(done: Path, what: str, failed: Path | None = None, timeout: float = WAIT) -> str:
+    """Wait until another thread or process writes ``done`` (return its text) or ``failed`` (fail with it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if failed is not None and failed.exists():
+            raise AssertionError(f"{what} failed:\n{failed.read_text()}")
+        if done.exists():
+            return done.read_text()
+        time.sleep(1.0)
+    raise AssertionError(f"{what} did not finish in {timeout:.0f} s")
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)  # the waiting process never reads half a marker
 
 
 def _build(repo: Path, shared: Path, root: Path, base: dict) -> None:
@@ -157,57 +199,73 @@ def _build(repo: Path, shared: Path, root: Path, base: dict) -> None:
         sh("snakemake --cores 2 --quiet", work, base)
         sh("dvc commit -f", work, base)
         sh("git add -A && git commit -qm 'tiny run'", work, base)
-        _BUILT["work"] = work
-    except BaseException as err:  # noqa: BLE001 - re-raised in the test that waits for the build
-        _BUILT["error"] = err
+        _write(root / "built.done", str(work))
+    except BaseException as err:  # noqa: BLE001 - reported to the tests that wait for the build
+        _write(root / "built.failed", f"{type(err).__name__}: {err}"[-10000:])
 
 
 def start_build(repo: Path, shared: Path, tmp_path_factory) -> None:
-    """Start building the reduced workspace in a background thread (once per process)."""
-    if "thread" not in _BUILT:
-        args = (repo, shared, tmp_path_factory.mktemp("reduced"), dict(os.environ))  # the environment as of now
+    """Start building the reduced workspace in a background thread, once per session: under pytest-xdist in the
+    worker that claims it first (the others wait for its marker file)."""
+    if "root" in _BUILT:
+        return
+    root = _BUILT["root"] = shared_root(tmp_path_factory)
+    if claim(root, "built"):
+        args = (repo, shared, root, dict(os.environ))  # the environment as of now
         thread = threading.Thread(target=_build, args=args, daemon=True)
         _BUILT["thread"] = thread
         thread.start()
 
 
 def built_workspace(repo: Path, shared: Path, tmp_path_factory) -> Path:
-    """The reduced DAG run once per process with Snakemake, recorded in dvc.lock and committed
+    """The reduced DAG run once per session with Snakemake, recorded in dvc.lock and committed
     to git (do not modify it: take a ``clone_workspace`` copy). Waits for ``start_build``'s run."""
     start_build(repo, shared, tmp_path_factory)
-    _BUILT["thread"].join()
-    if "error" in _BUILT:
-        raise AssertionError(f"building the reduced workspace failed: {_BUILT['error']}") from _BUILT["error"]
-    return _BUILT["work"]
+    root = _BUILT["root"]
+    return Path(wait_for(root / "built.done", "building the reduced workspace", failed=root / "built.failed"))
 
 
 PREFETCH_FRESH_REPRO = False  # set by conftest.py when the session collects the end-to-end test
-_FRESH: dict[str, tuple[Path, subprocess.Popen]] = {}
 
 
 def start_fresh_repro(repo: Path, shared: Path, tmp_path_factory) -> None:
     """Start ``dvc repro`` from scratch, in the background, in a workspace of its own (``make_workspace``: the
     built workspace's code and params, no outputs, no dvc.lock) with its own empty annotation cache; once
-    per process. Its subprocess gets the environment of the moment it starts."""
-    if "fresh" in _FRESH:
+    per session (under pytest-xdist in the worker that claims it first). Like ``start_build`` it runs with the
+    environment as of its start."""
+    if "root" in _FRESH:
         return
-    root = tmp_path_factory.mktemp("fresh")
-    fresh = make_workspace(repo, shared, root / "fresh", root / "fresh-annotation-cache")
+    root = _FRESH["root"] = shared_root(tmp_path_factory)
+    if not claim(root, "fresh"):
+        return
+    base = dict(os.environ)
+    fresh = make_workspace(repo, shared, root / "fresh", root / "fresh-annotation-cache", base=base)
+    # the exit code goes to a marker file so that a test in any worker can wait for it
+    cmd = "dvc repro -q; echo $? > ../fresh.rc.tmp && mv ../fresh.rc.tmp ../fresh.rc"
     with open(root / "fresh-repro.log", "w") as log:
-        proc = subprocess.Popen("dvc repro -q", shell=True, cwd=fresh, env=env(fresh), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, shell=True, cwd=fresh, env=env(fresh, base), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    _FRESH["fresh"] = (fresh, proc)
+    _FRESH["proc"] = proc
     atexit.register(_stop, proc)
 
 
-def fresh_repro(timeout: float = 2400) -> Path:
-    """Wait for ``start_fresh_repro``'s run; its clone, or a failure with the end of its log."""
-    fresh, proc = _FRESH["fresh"]
-    code = proc.wait(timeout=timeout)
-    if code != 0:
-        log = (fresh.parent / "fresh-repro.log").read_text()
-        raise AssertionError(f"`dvc repro` from scratch failed in {fresh} ({code}):\n{log[-6000:]}")
-    return fresh
+def fresh_repro(timeout: float = WAIT) -> Path:
+    """Wait for ``start_fresh_repro``'s run; its workspace, or a failure with the end of its log."""
+    root = _FRESH["root"]
+    code = wait_for(root / "fresh.rc", "`dvc repro` from scratch", timeout=timeout).strip()
+    if code != "0":
+        log = (root / "fresh-repro.log").read_text()
+        raise AssertionError(f"`dvc repro` from scratch failed in {root / 'fresh'} ({code}):\n{log[-6000:]}")
+    return root / "fresh"
+
+
+def finish_background() -> None:
+    """Wait for the background runs this process started (under pytest-xdist a test in another worker may still
+    need them, and this worker's exit would end them)."""
+    if "thread" in _BUILT:
+        _BUILT["thread"].join()
+    if "proc" in _FRESH:
+        _FRESH["proc"].wait()
 
 
 def _stop(proc: subprocess.Popen) -> None:
