@@ -6,4 +6,5 @@ bash scripts/install.sh
 # Two worker processes (pytest-xdist): the slow tests mostly wait on subprocesses, which leaves a core idle
 # with one. loadfile runs each test file on one worker, so a module's fixture (some train models for minutes)
 # runs once; the shared reduced DAG runs once per session whatever the worker count (tests/pipeline_helpers.py).
-python -m pytest -q -ra --durations=15 -n 2 --dist loadfile "$@"
+# pytest-benchmark, where installed, would warn that xdist disables it (no test here uses it).
+python -m pytest -q -ra --durations=15 -n 2 --dist loadfile -p no:benchmark "$@"
