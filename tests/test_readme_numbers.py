@@ -4,6 +4,7 @@ changes them without the README fails here."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 
@@ -59,3 +60,14 @@ def test_reward_conditioning_lengths_are_the_committed_runs(repo):
     text = " ".join(_readme(repo).split())
     assert (f"good-token samples are {check['trained_chars']:.0f} characters long on average against "
             f"{check['start_chars']:.0f} with the bad token") in text
+
+
+def test_paper_reward_conditioning_and_feedme_rates_are_table_2(repo):
+    """The README's paper win rates for binary reward conditioning, binary FeedME and SFT 10k (simulated) are the
+    transcribed Table 2 (data/paper/alpaca_farm_results.csv)."""
+    with open(repo / "data" / "paper" / "alpaca_farm_results.csv") as handle:
+        rate = {r["generator"]: float(r["sim_win_rate"]) for r in csv.DictReader(handle)}
+    text = " ".join(_readme(repo).split())
+    assert (f"simulated win rate {rate['reward_conditioning']:.1f} % against {rate['sft']:.1f} %, Table 2 in "
+            f"`data/paper/alpaca_farm_results.csv`), and binary FeedME's no more often ({rate['feedme']:.1f} %)") in text
+    assert rate["reward_conditioning"] < rate["sft"] and rate["feedme"] <= rate["sft"]
