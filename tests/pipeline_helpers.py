@@ -24,6 +24,7 @@ that started it waits for it before it exits (``finish_background``).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import signal
@@ -261,11 +262,13 @@ def fresh_repro(timeout: float = WAIT) -> Path:
 
 def finish_background() -> None:
     """Wait for the background runs this process started (under pytest-xdist a test in another worker may still
-    need them, and this worker's exit would end them)."""
+    need them, and this worker's exit would end them); a run still going after ``WAIT`` seconds is left to
+    ``_stop`` at exit, and the tests waiting for it fail on their own timeout."""
     if "thread" in _BUILT:
-        _BUILT["thread"].join()
+        _BUILT["thread"].join(WAIT)
     if "proc" in _FRESH:
-        _FRESH["proc"].wait()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            _FRESH["proc"].wait(timeout=WAIT)
 
 
 def _stop(proc: subprocess.Popen) -> None:
