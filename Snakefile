@@ -12,7 +12,7 @@ from afarm.config import apply_overrides, load_params, section, write_params
 from afarm.dag import LAUNCHER, STAGES, final_targets, is_directory, stage_params
 from afarm.io import InputError
 from afarm.stages._cli import check_params
-from afarm.stages._launch import cpus
+from afarm.launch import cpus
 
 PARAMS = load_params("params.yaml")
 PARAMS_FILE = None  # None: the stages read params.yaml

@@ -46,7 +46,7 @@ from afarm.metrics import health
 from afarm.models.generate import GenerationConfig, generate_samples
 from afarm.models.lm import load_model
 from afarm.models.prompts import format_prompt
-from afarm.stages._launch import environment
+from afarm.launch import environment
 
 METHODS = ("reward_model", "dpo", "feedme", "reward_conditioning", "expert_iteration")
 

@@ -27,7 +27,7 @@ from afarm.models.generate import GenerationConfig, generate, generate_samples, 
 from afarm.models.lm import ModelConfig, build_model, save_model
 from afarm.models.prompts import format_prompt
 from afarm.models.tokenizer import train_tokenizer
-from afarm.stages import _launch
+from afarm import launch
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128)
@@ -167,7 +167,7 @@ for module, argv in json.loads(sys.argv[1]):
 
 def test_two_processes_write_the_bytes_of_one(workspace):
     argvs = [(module, _argv(workspace, name, 1)) for name, (module, _, _) in STAGES.items()]
-    env = _launch.environment(load_params(workspace / "p1.yaml"), base=_env())
+    env = launch.environment(load_params(workspace / "p1.yaml"), base=_env())
     _check(subprocess.run([sys.executable, "-c", ONE_PROCESS, json.dumps(argvs)], cwd=workspace, env=env,
                           capture_output=True, text=True, timeout=600))
     for name, (module, _, did) in STAGES.items():  # the real launcher, two gloo processes

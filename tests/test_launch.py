@@ -23,6 +23,7 @@ import yaml
 from afarm import distributed
 from afarm.config import load_params
 from afarm.io import InputError
+from afarm import launch
 from afarm.stages import _cli, _launch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,25 +40,25 @@ def params(tmp_path: Path, launch: dict | None = None, scale: str = "tiny") -> d
 
 def test_environment_pins_threads_kernels_and_hash_seed(tmp_path):
     base = {"OMP_NUM_THREADS": "8", "ATEN_CPU_CAPABILITY": "default", "PATH": "/bin"}
-    env = _launch.environment(params(tmp_path), base=base, machine="x86_64")
+    env = launch.environment(params(tmp_path), base=base, machine="x86_64")
     assert env["PATH"] == "/bin"  # the rest of the caller's environment is kept
     assert env["PYTHONHASHSEED"] == "0"
     assert [env[v] for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")] == ["1", "1", "1"]
     assert env["ATEN_CPU_CAPABILITY"] == "avx2" and env["MKL_CBWR"] == "AVX2" and env["OPENBLAS_CORETYPE"] == "Haswell"
     # the x86 kernel pins mean nothing elsewhere; "native" and a null thread count leave the caller's values
-    assert "MKL_CBWR" not in _launch.environment(params(tmp_path), base={}, machine="aarch64")
-    paper = _launch.environment(params(tmp_path, scale="paper"), base=base, machine="x86_64")
+    assert "MKL_CBWR" not in launch.environment(params(tmp_path), base={}, machine="aarch64")
+    paper = launch.environment(params(tmp_path, scale="paper"), base=base, machine="x86_64")
     assert paper["OMP_NUM_THREADS"] == "8" and paper["ATEN_CPU_CAPABILITY"] == "default" and "MKL_CBWR" not in paper
 
 
 def test_process_count_follows_the_stage_table(tmp_path, monkeypatch):
     from afarm import dag
 
-    assert _launch.processes("annotate", params(tmp_path, scale="paper")) == 1  # not a distributed stage
+    assert launch.processes("annotate", params(tmp_path, scale="paper")) == 1  # not a distributed stage
     monkeypatch.setattr(dag, "DISTRIBUTED", frozenset({"sft"}))
-    assert _launch.processes("sft", params(tmp_path)) == 1  # tiny: one process
-    assert _launch.processes("sft", params(tmp_path, scale="paper")) == dag.GPU_TRAIN.gpus  # one per reserved GPU
-    assert _launch.processes("sft", params(tmp_path, {"processes": 2})) == 2
+    assert launch.processes("sft", params(tmp_path)) == 1  # tiny: one process
+    assert launch.processes("sft", params(tmp_path, scale="paper")) == dag.GPU_TRAIN.gpus  # one per reserved GPU
+    assert launch.processes("sft", params(tmp_path, {"processes": 2})) == 2
     cmd = _launch.command("sft", ["--out", "x"], params(tmp_path, {"processes": 2}))
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     assert cmd[5:] == ["-m", "afarm.stages.sft", "--", "--out", "x"]  # "--": torchrun leaves the stage's flags alone
@@ -69,19 +70,19 @@ def test_pinned_threads_win_and_unpinned_threads_follow_the_granted_cpus(tmp_pat
 
     monkeypatch.setattr(dag, "DISTRIBUTED", frozenset({"sft"}))
     pinned, free = params(tmp_path), params(tmp_path, {"num_threads": None})  # tiny pins 1; paper: null
-    assert _launch.threads("annotate", pinned, granted=8) == 1  # the tiny bytes depend on the pin
-    assert _launch.threads("annotate", free, granted=8) == 8
-    assert _launch.threads("annotate", free, granted=None) is None  # nothing granted: the libraries' default
+    assert launch.threads("annotate", pinned, granted=8) == 1  # the tiny bytes depend on the pin
+    assert launch.threads("annotate", free, granted=8) == 8
+    assert launch.threads("annotate", free, granted=None) is None  # nothing granted: the libraries' default
     two = params(tmp_path, {"num_threads": None, "processes": 2})
-    assert _launch.threads("sft", two, granted=8) == 4 and _launch.threads("sft", two, granted=1) == 1  # shared by the processes
+    assert launch.threads("sft", two, granted=8) == 4 and launch.threads("sft", two, granted=1) == 1  # shared by the processes
     # SLURM's allocation when no engine passed --threads (dvc repro inside a job); --threads wins over it
     slurm = {"SLURM_CPUS_PER_TASK": "6", "OMP_NUM_THREADS": "1"}
-    assert _launch.environment(free, base=slurm, machine="x86_64", module="annotate")["OMP_NUM_THREADS"] == "6"
-    assert _launch.environment(free, base=slurm, machine="x86_64", module="annotate", granted=3)["MKL_NUM_THREADS"] == "3"
-    assert _launch.environment(pinned, base=slurm, machine="x86_64", module="annotate", granted=3)["OPENBLAS_NUM_THREADS"] == "1"
+    assert launch.environment(free, base=slurm, machine="x86_64", module="annotate")["OMP_NUM_THREADS"] == "6"
+    assert launch.environment(free, base=slurm, machine="x86_64", module="annotate", granted=3)["MKL_NUM_THREADS"] == "3"
+    assert launch.environment(pinned, base=slurm, machine="x86_64", module="annotate", granted=3)["OPENBLAS_NUM_THREADS"] == "1"
     # what a rule asks Snakemake / SLURM for: the pinned threads of every process, else the stage table's CPUs
-    assert _launch.cpus("sft", params(tmp_path, {"processes": 2}), reserved=16) == 2
-    assert _launch.cpus("sft", free, reserved=16) == 16
+    assert launch.cpus("sft", params(tmp_path, {"processes": 2}), reserved=16) == 2
+    assert launch.cpus("sft", free, reserved=16) == 16
 
 
 PROBE = """import atexit, json, os, sys
@@ -109,7 +110,7 @@ def test_granted_threads_reach_torch_in_the_stage_process(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
     (tmp_path / "probe").mkdir()
     (tmp_path / "probe" / "sitecustomize.py").write_text(PROBE)
-    env = {k: v for k, v in os.environ.items() if k not in (*_launch.THREAD_VARIABLES, _launch.SLURM_CPUS)}
+    env = {k: v for k, v in os.environ.items() if k not in (*launch.THREAD_VARIABLES, launch.SLURM_CPUS)}
     env.update(PYTHONPATH=os.pathsep.join([str(tmp_path / "probe"), str(REPO / "src")]), THREADS_PROBE=str(tmp_path / "threads.jsonl"))
     argv = [sys.executable, "-m", "afarm.stages", "--threads", "1", "base_model", "--unlabeled", "train.json",
             "--validation", "validation.json", "--out", "model", "--metrics", "metrics.json"]
@@ -120,13 +121,13 @@ def test_granted_threads_reach_torch_in_the_stage_process(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "launch, field",
+    "section, field",
     [({"cpu_kernels": "avx512"}, "launch.cpu_kernels"), ({"processes": 0}, "launch.processes"),
      ({"backend": "mpi"}, "launch.backend"), ({"num_treads": 1}, "launch.num_treads")],
 )
-def test_bad_launch_params_name_the_field(tmp_path, launch, field):
+def test_bad_launch_params_name_the_field(tmp_path, section, field):
     with pytest.raises(InputError, match=field.replace(".", r"\.")):
-        _launch.launch_config(params(tmp_path, launch))
+        launch.launch_config(params(tmp_path, section))
 
 
 def test_a_stage_promised_several_processes_that_finds_itself_alone_stops(tmp_path, monkeypatch):
@@ -176,11 +177,11 @@ def _train(root: Path, out: str, env: dict, launcher: bool) -> str:
 def test_launcher_bytes_do_not_depend_on_the_callers_kernels_or_threads(tmp_path):
     _write_training_inputs(tmp_path)
     src = str(REPO / "src")
-    clean = {k: v for k, v in os.environ.items() if k not in (*_launch.THREAD_VARIABLES, *_launch.KERNEL_VARIABLES["avx2"])}
+    clean = {k: v for k, v in os.environ.items() if k not in (*launch.THREAD_VARIABLES, *launch.KERNEL_VARIABLES["avx2"])}
     clean["PYTHONPATH"] = os.pathsep.join(p for p in (src, clean.get("PYTHONPATH")) if p)
     # Another machine, simulated: generic ATen kernels, MKL's SSE-compatible path, two threads.
     other = {**clean, "ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
-    pinned = {**clean, **_launch.KERNEL_VARIABLES["avx2"], "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    pinned = {**clean, **launch.KERNEL_VARIABLES["avx2"], "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     direct_pinned, direct_other = _train(tmp_path, "dp", pinned, launcher=False), _train(tmp_path, "do", other, launcher=False)
     assert direct_pinned != direct_other, "the kernel path made no difference here: this test would prove nothing"
     # Through the launcher, both environments give the pinned bytes.

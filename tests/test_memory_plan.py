@@ -21,7 +21,16 @@ LLAMA_7B = mp.KNOWN_ARCHS["huggyllama/llama-7b"]
 LAYER = 4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096  # q k v o + gate up down + 2 RMSNorms
 ROOT = 32000 * 4096 + 4096 + 32000 * 4096  # embeddings, final norm, LM head
 P = 32 * LAYER + ROOT
-P_SCALAR = 32 * LAYER + 32000 * 4096 + 4096 + 4096  # reward / value model: scalar head instead of the LM head
+P_SCALAR = 32 * LAYER + 32000 * 4096 + 4096 + 4096  # reward model: scalar head (no bias) instead of the LM head
+P_VALUE = P_SCALAR + 1  # PPO's value model: a scalar head with a bias
+BACKBONE = P_SCALAR - 4096  # all but the scalar head; every first dimension divides by 4 and by 8
+TENSORS_LM, TENSORS_VALUE = 32 * 9 + 3, 32 * 9 + 4  # tensors per model (AdamW keeps a 4-byte step for each)
+
+
+def scalar_shard(devices: int, bias: int = 0) -> int:
+    """A scalar-head model's shard on rank 0 of ``devices``: the head's one row is not split (rank 0 owns it,
+    and FSDP pads every other rank's shard to it), its bias likewise."""
+    return BACKBONE // devices + 4096 + bias
 
 
 def paper_params() -> dict:
@@ -41,7 +50,8 @@ def test_sft_7b_on_8_a100_by_hand():
     plan = mp.plan("sft", LLAMA_7B, devices=8, memory_gb=80, micro_batch=1, seq_len=512)
     assert plan.get("parameters") == 3_369_207_808  # fp32 master weights 26.96 GB / 8 = 3.37 GB
     assert plan.get("gradients") == 3_369_207_808
-    assert plan.get("optimizer state") == 6_738_415_616  # two fp32 Adam states: 53.9 GB / 8
+    # two fp32 Adam states: 53.9 GB / 8, and a 4-byte step for each of the 32 x 9 + 3 = 291 tensors
+    assert plan.get("optimizer state") == 6_738_415_616 + 4 * TENSORS_LM
     # root (2 x 262,148,096 bytes of bf16 params + the same of bf16 grads) + 2 gathered bf16 layers
     # (4 x 202,383,360) + one layer's bf16 and fp32 grads (6 x 202,383,360)
     assert plan.get("FSDP buffers") == 1_048_592_384 + 2_023_833_600 == 3_072_425_984
@@ -50,29 +60,31 @@ def test_sft_7b_on_8_a100_by_hand():
     head = 8 * 512 * 4096 + 10 * 512 * 32000  # final norm + head input, logits
     assert plan.activations_full == 32 * per_layer + head == 3_770_941_440
     assert plan.activations_checkpointed == 32 * 2 * 512 * 4096 + per_layer + head == 427_032_576
-    assert plan.total_bytes == 2 * 3_369_207_808 + 6_738_415_616 + 3_072_425_984 + 3_770_941_440 == 20_320_198_656
+    assert plan.total_bytes == 2 * 3_369_207_808 + 6_738_415_616 + 4 * 291 + 3_072_425_984 + 3_770_941_440 == 20_320_199_820
     assert plan.fits and plan.peak_phase == "train"
     checkpointed = mp.plan("sft", LLAMA_7B, devices=8, micro_batch=1, seq_len=512, gradient_checkpointing=True)
-    assert checkpointed.total_bytes == 20_320_198_656 - 3_770_941_440 + 427_032_576
+    assert checkpointed.total_bytes == 20_320_199_820 - 3_770_941_440 + 427_032_576
 
 
 def test_ppo_needs_eight_gpus():
     """Policy and value trained (fp32, Adam), reference and reward model frozen (bf16), all sharded."""
-    persistent_1 = (16 + 2) * (P + P_SCALAR)  # 240.2 GB on one device
+    steps = 4 * (TENSORS_LM + TENSORS_VALUE)  # AdamW's step scalars
+    persistent_1 = 16 * (P + P_VALUE) + 2 * (P + P_SCALAR) + steps  # 240.2 GB on one device
     rollout = (
-        2 * (2 * ROOT + 2 * (32000 * 4096 + 2 * 4096)) + 4 * LAYER  # bf16 roots of the 4 models, 2 layers
+        2 * (2 * ROOT + 2 * (32000 * 4096 + 2 * 4096) + 1) + 4 * LAYER  # bf16 roots of the 4 models (a value bias), 2 layers
         + 2 * 32 * 32 * 492 * 4096 * 2  # KV cache: 32 rollouts x (192 + 300) tokens
         + 32 * 492 * (24 * 4096 + 8 * 11008) + 2 * 32 * 492**2 * 32  # one layer's workspace
         + 12 * 32 * 492 * 32000  # policy + reference logits over the rollout
     )
-    assert rollout == 20_112_457_728
+    assert rollout == 20_112_457_730
     on_eight = mp.check_stage("ppo", paper_params(), devices=8, memory_gb=80)
-    assert on_eight.fits and on_eight.total_bytes == persistent_1 // 8 + rollout == 50_140_425_216
+    persistent_8 = 16 * P // 8 + 16 * scalar_shard(8, bias=1) + 2 * P // 8 + 2 * scalar_shard(8) + steps
+    assert on_eight.fits and on_eight.total_bytes == persistent_8 + rollout == 50_140_492_078
     assert on_eight.peak_phase == "rollout"
     with pytest.raises(mp.PlanError) as err:
         mp.check_stage("ppo", paper_params(), devices=1, memory_gb=80)
     message = str(err.value)
-    assert err.value.plan.total_bytes == persistent_1 + rollout == 260_336_197_632
+    assert err.value.plan.total_bytes == persistent_1 + rollout == 260_336_199_982
     assert isinstance(err.value, InputError) and "\n" not in message
     assert "stage 'ppo' needs 260.3 GB per device, 80 GB available (1 x 80 GB" in message
 
@@ -88,10 +100,11 @@ def test_every_paper_stage_fits_on_8_a100_and_training_does_not_fit_on_one():
 
 def test_agrees_with_upstreams_hardware_notes():
     """Upstream README ("Running reference methods"): SFT and reward modeling fit on 4 80GB A100s,
-    PPO needs at least 8. On 4 x 80 GB PPO needs 18 (P + P_scalar) / 4 = 60.06 GB + its rollout."""
+    PPO needs at least 8. On 4 x 80 GB PPO needs about 18 (P + P_scalar) / 4 = 60.06 GB + its rollout."""
     params = paper_params()
     assert mp.check_stage("sft", params, devices=4).fits and mp.check_stage("reward_model", params, devices=4).fits
-    assert mp.plan("ppo", LLAMA_7B, devices=4, **mp.stage_inputs("ppo", params)).total_bytes == 18 * (P + P_SCALAR) // 4 + 20_112_457_728
+    persistent_4 = 18 * P // 4 + 16 * scalar_shard(4, bias=1) + 2 * scalar_shard(4) + 4 * (TENSORS_LM + TENSORS_VALUE)
+    assert mp.plan("ppo", LLAMA_7B, devices=4, **mp.stage_inputs("ppo", params)).total_bytes == persistent_4 + 20_112_457_730
     with pytest.raises(mp.PlanError, match="needs 80.2 GB per device, 80 GB available"):
         mp.check_stage("ppo", params, devices=4)
 

@@ -68,11 +68,11 @@ def test_paper_spine_in_two_processes_with_api_judges(repo, shared, tmp_path):
         assert f"rule {rule}:" in log
     # Each of them was promised 2 processes by the same params; a stage that found another number of
     # processes would have stopped (afarm.stages._cli), so they ran sharded / data-parallel in 2.
-    from afarm.stages import _launch
+    from afarm import launch
 
     for module in ("sft", "reward_model", "ppo", "sft_samples", "generate"):
-        assert _launch.processes(module, resolved) == 2
-    assert _launch.processes("preference_data", resolved) == 1  # it judges sft_samples' pairs: API calls from one process
+        assert launch.processes(module, resolved) == 2
+    assert launch.processes("preference_data", resolved) == 1  # it judges sft_samples' pairs: API calls from one process
     sft = json.loads((work / "models" / "sft" / "config.json").read_text())
     assert sft["hidden_size"] == 64 and sft["vocab_size"] >= 400  # the local "pretrained" model, with "[PAD]" added
     ppo = json.loads((work / "results" / "metrics" / "ppo_sim.json").read_text())

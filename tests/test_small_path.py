@@ -62,6 +62,7 @@ def test_small_spine_in_one_process_with_the_local_judge(repo, shared, tmp_path)
     sh("git init -q -b main && git add -A && git commit -qm small-miniature", work)
 
     from afarm.config import load_params, section
+    from afarm import launch
     from afarm.stages import _launch
 
     resolved = load_params(work / "params.yaml")
@@ -71,7 +72,7 @@ def test_small_spine_in_one_process_with_the_local_judge(repo, shared, tmp_path)
     assert section(resolved, "annotate")["annotators"] == {"sim": "local_judge", "human": "local_judge"}
     assert section(resolved, "launch")["device_memory_gb"] == 24  # every stage's plan is checked on one 24 GB GPU
     for module in ("sft", "reward_model", "ppo", "sft_samples", "preference_data", "generate"):
-        assert _launch.processes(module, resolved) == 1
+        assert launch.processes(module, resolved) == 1
     # the plan of the judging stages holds the local judge (fp32 here: 4 bytes per parameter of its config.json)
     from afarm.memory_plan import load_arch
 

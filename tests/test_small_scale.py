@@ -104,7 +104,7 @@ def stage_configs(params: dict) -> dict:
     from afarm.methods.reward_model import RewardModelConfig
     from afarm.models.generate import GenerationConfig
     from afarm.report.report import ReportConfig
-    from afarm.stages import _launch
+    from afarm import launch
     from afarm.stages._cli import check_params
     from afarm.stages.annotate import AnnotateConfig
     from afarm.stages.base_model import BaseModelConfig
@@ -125,7 +125,7 @@ def stage_configs(params: dict) -> dict:
         "sim_vs_human": SimVsHumanConfig, "report": ReportConfig,
     }
     out = {name: stage_config(params, name, cls, drop=("kl_coef",) if name in ("ppo", "quark") else ()) for name, cls in classes.items()}
-    out["launch"] = _launch.launch_config(params)
+    out["launch"] = launch.launch_config(params)
     return out
 
 
@@ -134,7 +134,7 @@ def test_small_params_build_every_stage_config(tmp_path, judges):
     from afarm import distributed
     from afarm.annotators.registry import find_config
     from afarm.methods.ppo import check_ppo_batches
-    from afarm.stages import _launch
+    from afarm import launch
 
     params = repo_params(tmp_path, "small", judges)
     cfg = stage_configs(params)
@@ -150,7 +150,7 @@ def test_small_params_build_every_stage_config(tmp_path, judges):
     assert cfg["data"].source == "hub" and cfg["preference_data"].source["human"] == "hub"  # upstream's 10k human pairs
     # one process per stage, and every global batch splits into whole micro-batches on it
     for name in ("sft", "feedme", "reward_conditioning", "expert_iteration", "dpo"):
-        assert _launch.processes(name, params) == 1
+        assert launch.processes(name, params) == 1
         distributed.micro_batches(cfg[name].train.batch_size, cfg[name].train.micro_batch_size)
     check_ppo_batches(cfg["ppo"], 1)
     # the judges named exist as annotator configs

@@ -16,7 +16,8 @@ FSDP2 (``fully_shard`` on each decoder layer, then on the root), so each of N ra
 every weight, its gradient and its AdamW state. ``precision="bf16_mixed"`` keeps those shards in
 fp32 (the masters) and runs forward and backward in bf16, reducing gradients in fp32. A training
 loop then uses :func:`micro_batches` (accumulation steps of a global batch), :func:`step_share`
-(this rank's micro-batches of a step), :func:`accumulate` (gradient sync on the last one only),
+(this rank's micro-batches of a step), :func:`accumulate` (one micro-batch's backward; its gradients
+are reduce-scattered at once, so a rank holds only its shard of the accumulated gradient),
 :func:`optimizer_step` (clip, step, schedule, zero) and :func:`mean_across_ranks` (logged
 values); :func:`save_model` gathers the weights and writes an ordinary Hugging Face folder.
 With one process and fp32 every one of these is the plain single-process operation.
@@ -32,6 +33,8 @@ from typing import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
+
+from afarm import held_memory
 
 PRECISIONS = ("fp32", "bf16_mixed")  # training precision (params key ``precision``)
 
@@ -181,6 +184,7 @@ def prepare_model(model, *, train: bool, precision: str = "fp32", gradient_check
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if is_sharded(model):  # prepared already (a stage prepares, evaluates, then trains)
         _reshard(model)
+        held_memory.register(model, train)
         return model
     if train and gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -190,7 +194,9 @@ def prepare_model(model, *, train: bool, precision: str = "fp32", gradient_check
         if precision == "bf16_mixed":
             model.to(torch.bfloat16)
     if world_size() == 1 and (precision == "fp32" or not train):
-        return model.to(device())
+        model = model.to(device())
+        held_memory.register(model, train)
+        return model
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -204,7 +210,10 @@ def prepare_model(model, *, train: bool, precision: str = "fp32", gradient_check
     for layer in _decoder_layers(model):
         fully_shard(layer, **kwargs)
     fully_shard(model, **kwargs)
+    if not train:  # FSDP keeps the root gathered after a forward, for a backward a frozen model never runs
+        model.register_forward_hook(lambda module, args, output: module.reshard())
     _check_sharded(model)
+    held_memory.register(model, train)
     return model
 
 
@@ -230,18 +239,35 @@ def _check_sharded(model) -> None:
             raise DistributedError(f"parameter {name} is held whole on rank {rank()} of {n}: sharding did not happen")
 
 
+NO_SYNC_VARIABLE = "AFARM_NO_SYNC_ACCUMULATION"  # afarm.launch sets it from params launch.no_sync_accumulation
+
+
+def no_sync_accumulation() -> bool:
+    """Whether FSDP defers the gradient reduction to a step's last micro-batch (``launch.no_sync_accumulation``)."""
+    return os.environ.get(NO_SYNC_VARIABLE, "0") == "1"
+
+
 @contextlib.contextmanager
 def accumulate(model, sync: bool) -> Iterator[None]:
-    """Run one micro-batch's forward and backward; gradients are reduced across ranks only if
-    ``sync`` (the step's last micro-batch), else they accumulate locally."""
-    if not is_sharded(model):
-        yield
-        return
-    model.set_requires_gradient_sync(sync)
+    """Run one micro-batch's forward and backward; ``sync``: it is the step's last micro-batch.
+
+    Under FSDP every micro-batch's gradients are reduce-scattered at once, added to this rank's
+    sharded gradient: a rank never holds more than its shard of the accumulated gradient (and the
+    gradients of the layer being reduced). With ``launch.no_sync_accumulation`` the reduction waits
+    for the last micro-batch (``sync``), which saves the other reductions but keeps each trained
+    model's whole fp32 gradient on every rank until then (FSDP2's ``set_requires_gradient_sync``);
+    the memory plan counts that, and a stage it does not fit does not start. The sums differ from
+    a single process's only in float rounding, either way.
+    """
+    deferred = is_sharded(model) and not sync and no_sync_accumulation()
+    if deferred:
+        model.set_requires_gradient_sync(False)
     try:
         yield
     finally:
-        model.set_requires_gradient_sync(True)
+        if deferred:
+            model.set_requires_gradient_sync(True)
+    held_memory.record("micro_batch", reduced=not deferred)
 
 
 def optimizer_step(model, optimizer, scheduler, max_grad_norm: float | None) -> float:
@@ -261,6 +287,7 @@ def optimizer_step(model, optimizer, scheduler, max_grad_norm: float | None) -> 
         if max_grad_norm:
             torch.nn.utils.clip_grads_with_norm_(params, max_grad_norm, norm)
     optimizer.step()
+    held_memory.record("optimizer_step", optimizer)
     if scheduler is not None:
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)

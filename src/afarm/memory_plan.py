@@ -8,9 +8,16 @@ Method (for a LLaMA-style decoder: ``L`` layers, hidden ``h``, MLP ``i``, vocabu
 heads; micro-batch ``b`` sequences of ``s`` tokens; ``N`` devices; ``P`` a model's parameters):
 
 * Training stages shard every model with FSDP full-shard over ``N`` devices (``fully_shard`` per
-  decoder layer, then the root), fp32 master weights and bf16 compute:
+  decoder layer, then the root), fp32 master weights and bf16 compute. ``P/N`` below is exact: each
+  weight's first dimension is cut in ``N`` chunks of ``ceil(rows/N)`` rows, and FSDP2 keeps the
+  parameter and gradient shards padded to that size (AdamW's states are the unpadded shards, plus
+  a 4-byte ``step`` per tensor); rank 0 holds the most. Checked against the bytes ranks really hold
+  in 2-process runs of every trainer (``afarm.held_memory``, ``tests/test_memory_measured.py``):
   - trained model: fp32 parameters ``4P/N``, fp32 gradients ``4P/N``, AdamW's two fp32 states ``8P/N``;
-  - frozen model (reference, reward model): bf16 parameters ``2P/N``;
+    gradients are reduce-scattered after every micro-batch; with ``launch.no_sync_accumulation`` a
+    step's micro-batches before its last keep the whole fp32 gradient ``4P`` on every device as well;
+  - frozen model (reference, reward model): bf16 parameters ``2P/N`` (fp32 ``4P/N`` when the stage's
+    precision is fp32);
   - FSDP buffers: the root's parameters (embeddings, final norm, head; ``R``) stay gathered in bf16
     for the step (``2R`` per model that runs; the root does not reshard after forward), a trained
     root's bf16 gradients (``2R``), ``gathered_layers`` decoder layers in bf16 at a time (the
@@ -46,7 +53,9 @@ heads; micro-batch ``b`` sequences of ``s`` tokens; ``N`` devices; ``P`` a model
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,13 +91,33 @@ class Arch:
 
     def root_params(self, head: str = "lm") -> int:
         """Parameters outside the decoder layers: embeddings, final norm and the head (an untied LM
-        head ``V x h``, or a scalar head ``h``; a tied LM head adds nothing)."""
+        head ``V x h``, a reward model's scalar head ``h``, a value head with its bias ``h + 1``; a tied
+        LM head adds nothing)."""
         h = self.hidden_size
-        head_params = h if head == "scalar" else (0 if self.tie_word_embeddings else self.vocab_size * h)
+        head_params = {"scalar": h, "value": h + 1}.get(head, 0 if self.tie_word_embeddings else self.vocab_size * h)
         return self.vocab_size * h + h + head_params
 
     def num_params(self, head: str = "lm") -> int:
         return self.num_layers * self.layer_params() + self.root_params(head)
+
+    def tensor_shapes(self, head: str = "lm") -> list[tuple[int, ...]]:
+        """The shape of every parameter tensor, as ``model.parameters()`` yields them (a tied head once)."""
+        h, kv, i, v = self.hidden_size, self.kv_dim, self.intermediate_size, self.vocab_size
+        layer = [(h, h), (kv, h), (kv, h), (h, h), (i, h), (i, h), (h, i), (h,), (h,)]
+        layer += [(h,), (kv,), (kv,)] if self.attention_bias else []
+        heads = {"scalar": [(1, h)], "value": [(1, h), (1,)], "lm": [] if self.tie_word_embeddings else [(v, h)]}
+        return layer * self.num_layers + [(v, h), (h,)] + heads[head]
+
+    def shard_numel(self, head: str, devices: int, rank: int = 0, padded: bool = True) -> int:
+        """Elements of rank ``rank``'s FSDP shards over ``devices``: each tensor's rows cut in chunks of
+        ``ceil(rows / devices)``; ``padded``: as FSDP2 stores parameter and gradient shards (every rank a
+        whole chunk), else the rows the rank owns (AdamW's states)."""
+        total = 0
+        for shape in self.tensor_shapes(head):
+            chunk = -(-shape[0] // devices)
+            rows = chunk if padded else max(0, min(chunk, shape[0] - rank * chunk))
+            total += rows * math.prod(shape[1:])
+        return total
 
 
 # Architectures of hub ids we may meet without a local folder (no network): from each id's config.json.
@@ -140,12 +169,12 @@ def load_arch(name_or_path: str | Path) -> Arch:
 @dataclass(frozen=True)
 class Model:
     role: str  # policy, value, reference, reward model
-    head: str  # "lm" (vocabulary logits) or "scalar" (reward / value head)
+    head: str  # "lm" (vocabulary logits), "scalar" (reward model: no bias) or "value" (PPO's value head: with bias)
     trained: bool
 
 
 POLICY, REFERENCE = Model("policy", "lm", True), Model("reference", "lm", False)
-VALUE, REWARD_TRAINED, REWARD = Model("value", "scalar", True), Model("reward model", "scalar", True), Model("reward model", "scalar", False)
+VALUE, REWARD_TRAINED, REWARD = Model("value", "value", True), Model("reward model", "scalar", True), Model("reward model", "scalar", False)
 FROZEN_POLICY = Model("policy", "lm", False)
 
 # Models each stage kind holds (the first trained ones are in the training graph).
@@ -296,6 +325,9 @@ def plan(
     gathered_layers: int = 2,
     logp_batch: int = 0,
     logp_len: int = 0,
+    precision: str = "bf16_mixed",
+    no_sync_accumulation: bool = False,
+    added_tokens: int = 0,
 ) -> Plan:
     """The memory plan of one stage kind (a key of ``STAGE_MODELS``).
 
@@ -304,7 +336,11 @@ def plan(
     the KV cache of a rollout or generation phase (0: none). ``score_batch``: sequences per reward-model
     forward in a scoring phase (best-of-n). ``logp_batch`` x ``logp_len``: sequences per no-grad
     log-probability forward (method_health). All models share ``arch`` (AlpacaFarm initialises every
-    one from the same LLaMA-7B).
+    one from the same LLaMA-7B). ``precision``: the training stage's (``bf16_mixed`` keeps frozen models
+    in bf16, ``fp32`` in fp32). ``no_sync_accumulation``: gradients reduced after a step's last
+    micro-batch only (``launch.no_sync_accumulation``), so the whole fp32 gradients live until then.
+    ``added_tokens``: rows the stage adds to the language models' embeddings (Quark's reward tokens, in
+    its policy and reference; the reward model keeps its vocabulary).
     """
     if stage_kind not in STAGE_MODELS:
         raise ValueError(f"unknown stage kind {stage_kind!r}; known: {', '.join(STAGE_MODELS)}")
@@ -331,10 +367,18 @@ def plan(
                               f"one layer + logits 6 x {logp_batch} x {logp_len} x V"))
         return p
 
-    p.rows.append(Row("parameters", sum(4 * arch.num_params(m.head) // n for m in trained) + sum(2 * arch.num_params(m.head) // n for m in frozen),
-                      how=f"fp32 {names(trained)}: 4P/{n}" + (f"; bf16 {names(frozen)}: 2P/{n}" if frozen else "")))
-    p.rows.append(Row("gradients", sum(4 * arch.num_params(m.head) // n for m in trained), how=f"fp32 {names(trained)}: 4P/{n}"))
-    p.rows.append(Row("optimizer state", sum(8 * arch.num_params(m.head) // n for m in trained), how=f"AdamW exp_avg + exp_avg_sq, fp32: 8P/{n}"))
+    frozen_bytes = 2 if precision == "bf16_mixed" else 4
+    grown = dataclasses.replace(arch, vocab_size=arch.vocab_size + added_tokens)
+    arch_of = lambda m: grown if m.head == "lm" else arch  # noqa: E731
+    shard = lambda m, **kw: arch_of(m).shard_numel(m.head, n, **kw)  # noqa: E731  (rank 0's, the largest)
+    p.rows.append(Row("parameters", sum(4 * shard(m) for m in trained) + sum(frozen_bytes * shard(m) for m in frozen),
+                      how=f"fp32 {names(trained)}: 4P/{n}" + (f"; {'bf16' if frozen_bytes == 2 else 'fp32'} {names(frozen)}: {frozen_bytes}P/{n}" if frozen else "")))
+    p.rows.append(Row("gradients", sum(4 * shard(m) for m in trained), how=f"fp32 {names(trained)}: 4P/{n}, reduce-scattered every micro-batch"))
+    p.rows.append(Row("optimizer state", sum(8 * shard(m, padded=False) + 4 * len(arch_of(m).tensor_shapes(m.head)) for m in trained),
+                      how=f"AdamW exp_avg + exp_avg_sq, fp32: 8P/{n}, and a 4-byte step per tensor"))
+    if no_sync_accumulation:
+        p.rows.append(Row("unsharded gradients", sum(4 * arch_of(m).num_params(m.head) for m in trained), "train",
+                          f"launch.no_sync_accumulation: whole fp32 gradients of {names(trained)} on every device, 4P"))
 
     # training step: the trained models' graph, plus a no-grad reference forward (DPO, Quark)
     nograd = [m for m in frozen if m.role == "reference" and stage_kind in ("dpo", "quark")]
@@ -426,6 +470,8 @@ DEFAULTS = {
     "max_length": 512,  # sft.sh --model_max_length 512
     "max_new_tokens": 300,  # examples/best_of_n.py run_decode max_new_tokens=300
     "generation_batch_size": 4,  # examples/best_of_n.py run_decode per_device_batch_size=4
+    "precision": "bf16_mixed",  # every upstream training script: --bf16 True (frozen models in bf16)
+    "num_reward_tokens": 4,  # quark_utils.py num_reward_tokens=4: rows Quark adds to the embeddings
 }
 # Prompt tokens assumed at generation (prompts are not truncated there): our bound, the SFT max_length.
 PROMPT_TOKENS = 512
@@ -446,17 +492,18 @@ def stage_inputs(module: str, params: dict) -> dict[str, Any]:
         train = _resolved(params, TRAIN_SECTIONS[module]).get("train", {})
         pairs = 2 if module == "dpo" else 1  # chosen and rejected both in the graph
         return {"micro_batch": pairs * train.get("micro_batch_size", d["micro_batch_size"]), "seq_len": train.get("max_length", d["max_length"]),
-                "gradient_checkpointing": bool(train.get("gradient_checkpointing", False))}
+                "gradient_checkpointing": bool(train.get("gradient_checkpointing", False)), "precision": train.get("precision", d["precision"])}
     if module == "reward_model":
         rm = _resolved(params, "reward_model")
         return {"micro_batch": 2 * rm.get("micro_batch_size", d["micro_batch_size"]), "seq_len": rm.get("max_length", d["max_length"]),
-                "gradient_checkpointing": bool(rm.get("gradient_checkpointing", False))}
+                "gradient_checkpointing": bool(rm.get("gradient_checkpointing", False)), "precision": rm.get("precision", d["precision"])}
     if module in ("ppo", "quark"):
         rl = _resolved(params, module)
         s = rl.get("query_len", d["query_len"]) + rl.get("response_len", d["response_len"]) + (1 if module == "quark" else 0)  # + control token
+        added = {"added_tokens": rl.get("num_reward_tokens", d["num_reward_tokens"])} if module == "quark" else {}
         return {"micro_batch": rl.get("step_micro_batch_size", d["step_micro_batch_size"]), "seq_len": s,
-                "gradient_checkpointing": bool(rl.get("gradient_checkpointing", False)),
-                "generation_batch": rl.get("rollout_micro_batch_size", d["rollout_micro_batch_size"]), "generation_len": s}
+                "gradient_checkpointing": bool(rl.get("gradient_checkpointing", False)), "precision": rl.get("precision", d["precision"]),
+                "generation_batch": rl.get("rollout_micro_batch_size", d["rollout_micro_batch_size"]), "generation_len": s, **added}
     if module == "method_health":  # samples with preference_data's decoding; scores and log-probabilities in batches
         health, gen = _resolved(params, module), _resolved(params, "preference_data").get("generation", {})
         b, s = health.get("batch_size", d["generation_batch_size"]), health.get("max_length", d["max_length"])
@@ -574,6 +621,10 @@ def stage_plan(module: str, params: dict, devices: int = 1, memory_gb: float = 8
         return None
     if module in STAGE_MODELS:
         kwargs = stage_inputs(module, params)
+        if module not in INFERENCE_KINDS:
+            from afarm.launch import launch_config
+
+            kwargs["no_sync_accumulation"] = launch_config(params).no_sync_accumulation
         if gradient_checkpointing is not None:
             kwargs["gradient_checkpointing"] = gradient_checkpointing
         result = plan(module, stage_arch(params, model_dir), devices=devices, memory_gb=memory_gb, **kwargs)
@@ -590,7 +641,10 @@ def paper_plans(params: dict, memory_gb: float = 80.0, device_counts: tuple[int,
     """The plan of every stage kind at ``scale: paper`` on each device count (docs/memory_plan.md's table)."""
     params = {**params, "scale": "paper"}
     arch = stage_arch(params)
-    return [plan(kind, arch, devices=n, memory_gb=memory_gb, **stage_inputs(kind, params))
+    from afarm.launch import launch_config
+
+    no_sync = {"no_sync_accumulation": launch_config(params).no_sync_accumulation}
+    return [plan(kind, arch, devices=n, memory_gb=memory_gb, **stage_inputs(kind, params), **({} if kind in INFERENCE_KINDS else no_sync))
             for kind in STAGE_MODELS for n in device_counts]
 
 
@@ -602,11 +656,11 @@ def scale_plans(params: dict, scale: str = "small", judges: str = "local", memor
     """The plan of every stage at ``scale`` on the devices the stage table gives it (small: 1 GPU each)
     and ``memory_gb`` (default: params' ``launch.device_memory_gb`` at that scale); stages holding no model
     at that scale are left out."""
-    from afarm.stages import _launch
+    from afarm import launch
 
     params = {**params, "scale": scale, "judges": judges}
-    memory = memory_gb if memory_gb is not None else _launch.launch_config(params).device_memory_gb or 80.0
-    plans = [stage_plan(m, params, devices=_launch.processes(m, params), memory_gb=memory) for m in SMALL_MODULES]
+    memory = memory_gb if memory_gb is not None else launch.launch_config(params).device_memory_gb or 80.0
+    plans = [stage_plan(m, params, devices=launch.processes(m, params), memory_gb=memory) for m in SMALL_MODULES]
     return [p for p in plans if p is not None]
 
 

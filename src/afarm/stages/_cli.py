@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 from afarm.config import PathsConfig, check_sections, load_params, section, stage_config
 from afarm.io import InputError, OutputError, outputs_together
-from afarm.stages import _launch
+from afarm import launch
 
 DVC_ROOT = "DVC_ROOT"  # set by DVC for every stage command: the repository root (of the original repository in experiments)
 
@@ -32,7 +32,7 @@ def known_sections() -> set[str]:
     """Top-level keys params.yaml may have: the scale, the judges, paths, and every stage's sections."""
     from afarm.dag import STAGES
 
-    return {"scale", "judges", "paths", _launch.SECTION, *(name for stage in STAGES for name in stage.params)}
+    return {"scale", "judges", "paths", launch.SECTION, *(name for stage in STAGES for name in stage.params)}
 
 
 def check_params(params: dict) -> None:
@@ -40,8 +40,8 @@ def check_params(params: dict) -> None:
     check_sections(params, known_sections())
     if "paths" in params:
         stage_config(params, "paths", PathsConfig)
-    if _launch.SECTION in params:
-        _launch.launch_config(params)
+    if launch.SECTION in params:
+        launch.launch_config(params)
 
 
 def repo_paths(params: dict) -> dict[str, str]:
@@ -127,16 +127,16 @@ def _stage_module(main: Callable) -> str | None:
 
 @contextlib.contextmanager
 def _processes(module: str | None, params: dict) -> Iterator[None]:
-    """Join the stage's process group when it runs in several processes (see ``_launch``); a stage
+    """Join the stage's process group when it runs in several processes (see ``afarm.launch``); a stage
     promised N processes that finds itself alone, or one process of a stage that is not
     distributed, stops with one line."""
-    expected = _launch.processes(module, params) if module else 1
+    expected = launch.processes(module, params) if module else 1
     if expected == 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         yield
         return
     from afarm import distributed
 
-    cfg = _launch.launch_config(params)
+    cfg = launch.launch_config(params)
     distributed.init_process_group(expected, cfg.backend, cfg.timeout_s)
     try:
         yield
