@@ -15,6 +15,9 @@ unsharded gradient accumulators, AdamW's state). The plan of the same small mode
   with it, after a micro-batch whose reduction waits, each rank holds every trained model's whole
   fp32 gradient, exactly the plan's ``unsharded gradients`` row.
 
+Every run also loads its checkpoints on rank 0 only: rank 1 cannot read a safetensors file
+(``tests/rank0_guard``), builds its models on the meta device and receives its shards.
+
 The transient terms (activations, gathered layers, KV cache) are not measured here: a CPU process has
 no allocator statistics, so the plan's estimates of those stay estimates (docs/memory_plan.md).
 """
@@ -39,6 +42,7 @@ from afarm.models.tokenizer import train_tokenizer
 pytestmark = pytest.mark.slow
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+GUARD = Path(__file__).resolve().parent / "rank0_guard"  # its sitecustomize.py: only rank 0 may read weights
 # a vocabulary of up to 701 tokens and the scalar heads' one row do not split evenly over 2 ranks: padding shows
 TOY = ModelConfig(hidden_size=36, num_layers=2, num_heads=2, intermediate_size=70, max_position_embeddings=256)
 TRAIN = {"learning_rate": 1e-3, "num_epochs": 1, "batch_size": 4, "micro_batch_size": 1, "warmup_ratio": 0.0,
@@ -98,8 +102,10 @@ def start(stage: str, inputs: Path, out: Path, no_sync: bool = False) -> subproc
               "generate": {"max_new_tokens": 4, "do_sample": False, "batch_size": 2, "num_threads": 1, "show_progress": False},
               **SECTIONS[stage]}
     (out / "params.yaml").write_text(yaml.safe_dump(params))
+    # GUARD: ranks other than 0 cannot read a safetensors file, so every run here also shows that only rank 0
+    # loads the checkpoints (afarm.models.lm.load_model(..., rank0_only=True)); the others receive their shards
     env = {**os.environ, "AFARM_MEMORY_PROBE": str(out / "probe"),
-           "PYTHONPATH": os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH", "")) if p)}
+           "PYTHONPATH": os.pathsep.join(p for p in (str(GUARD), str(SRC), os.environ.get("PYTHONPATH", "")) if p)}
     argv = [sys.executable, "-m", "afarm.stages", stage, "--params", "params.yaml", *flags(stage, inputs)]
     return subprocess.Popen(argv, cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -179,6 +179,11 @@ def prepare_model(model, *, train: bool, precision: str = "fp32", gradient_check
     Raises ``DistributedError`` if a weight ends up unsharded while several ranks exist.
     Preparing a model twice returns it as it is (its parameters resharded: call it again right
     before building the optimizer).
+
+    Loading once: with several ranks, a model that only rank 0 read from its checkpoint and that the
+    others built on the meta device (``afarm.models.lm.load_model(..., rank0_only=True)``) is sharded
+    on every rank, then each rank receives its shards of rank 0's weights (and rank 0's buffers, e.g.
+    the rotary frequencies, which no checkpoint holds): no rank but 0 ever holds a whole weight.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -203,6 +208,11 @@ def prepare_model(model, *, train: bool, precision: str = "fp32", gradient_check
     if train and any(p.dtype != torch.float32 for p in model.parameters()):
         raise DistributedError("a model trained with FSDP needs float32 parameters (the fp32 masters); load it with dtype float32")
     _ensure_process_group()
+    meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    from_rank0 = world_size() > 1 and any(all_gather_objects(meta))  # a collective: every rank prepares the same models
+    if from_rank0 and is_main() and meta:
+        raise DistributedError("rank 0 must load the weights of a model the other ranks built on the meta device")
+    weights = model.state_dict() if from_rank0 and is_main() else {}  # rank 0's whole weights, sent after sharding
     mesh = init_device_mesh(device().type, (world_size(),))
     kwargs = {"mesh": mesh}
     if train and precision == "bf16_mixed":
@@ -212,9 +222,22 @@ def prepare_model(model, *, train: bool, precision: str = "fp32", gradient_check
     fully_shard(model, **kwargs)
     if not train:  # FSDP keeps the root gathered after a forward, for a backward a frozen model never runs
         model.register_forward_hook(lambda module, args, output: module.reshard())
+    if from_rank0:
+        _receive_from_rank0(model, weights)
     _check_sharded(model)
     held_memory.register(model, train)
     return model
+
+
+def _receive_from_rank0(model, weights: dict) -> None:
+    """Fill every rank's shards from rank 0's whole ``weights`` (the others pass ``{}``), and its buffers."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if not is_main():
+        model.to_empty(device=device())  # storage for the shards (and buffers) of a model built on the meta device
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for buffer in model.buffers():  # non-persistent buffers (rotary inv_freq) are in no state dict
+        dist.broadcast(buffer, src=0)
 
 
 def _reshard(model) -> None:

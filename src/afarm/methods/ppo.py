@@ -220,7 +220,8 @@ class ValueModel(nn.Module):
         """A copy of the reward model's backbone; the head is zero (upstream) or the reward head ("reward")."""
         backbone = copy.deepcopy(reward_model.base_model)
         hidden = backbone.config.hidden_size
-        head = nn.Linear(hidden, 1, dtype=next(backbone.parameters()).dtype)
+        weight = next(backbone.parameters())  # its dtype, and its device (meta on a rank that receives its shards)
+        head = nn.Linear(hidden, 1, dtype=weight.dtype, device=weight.device)
         with torch.no_grad():
             head.weight.zero_()
             head.bias.zero_()

@@ -146,6 +146,8 @@ def grow_embeddings(model, size: int, seed: int, first_new: int | None = None) -
         model.resize_token_embeddings(size, mean_resizing=False)
     for embedding in {id(e): e for e in (model.get_input_embeddings(), model.get_output_embeddings()) if e is not None}.values():
         w = embedding.weight
+        if w.is_meta:  # a rank that receives its shards of rank 0's grown rows (afarm.distributed.prepare_model)
+            continue
         base = w[:first_new].float()
         noise = torch.randn((size - first_new, w.size(1)), generator=torch.Generator().manual_seed(seed))
         with torch.no_grad():

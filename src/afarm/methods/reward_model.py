@@ -40,7 +40,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from afarm import distributed
 from afarm.data.preferences import chosen_rejected
-from afarm.models.lm import check_model_folder, save_model, torch_threads
+from afarm.models.lm import check_model_folder, on_meta, save_model, torch_threads
 from afarm.models.prompts import format_prompt
 from afarm.models.train import optimizer_steps, tokenize_example, training_order
 
@@ -94,14 +94,18 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- model
 
 
-def init_reward_model(sft_path_or_model, tokenizer, seed: int) -> PreTrainedModel:
-    """A sequence classifier (one label) with the SFT model's backbone and a fresh seeded head."""
+def init_reward_model(sft_path_or_model, tokenizer, seed: int, rank0_only: bool = False) -> PreTrainedModel:
+    """A sequence classifier (one label) with the SFT model's backbone and a fresh seeded head.
+    ``rank0_only`` (a folder, sharded next): as ``afarm.models.lm.load_model``, only rank 0 reads it."""
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         raise ValueError("the reward model needs a pad token distinct from EOS (upstream adds '[PAD]' to LLaMA)")
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        if isinstance(sft_path_or_model, (str, os.PathLike)):
+        if isinstance(sft_path_or_model, (str, os.PathLike)) and rank0_only and not distributed.is_main():
+            check_model_folder(sft_path_or_model)
+            model = on_meta(AutoModelForSequenceClassification, str(sft_path_or_model), "float32", {}, num_labels=1)
+        elif isinstance(sft_path_or_model, (str, os.PathLike)):
             check_model_folder(sft_path_or_model)
             # float32: the weights it trains are the fp32 masters (also under bf16 mixed precision)
             model = AutoModelForSequenceClassification.from_pretrained(sft_path_or_model, num_labels=1, dtype=torch.float32)
@@ -193,7 +197,7 @@ def train_reward_model(sft_path_or_model, tokenizer, preferences: list[dict], cf
     ``ties_dropped``, ``num_steps``, ``seconds``.
     """
     with torch_threads(cfg.num_threads):
-        model = init_reward_model(sft_path_or_model, tokenizer, cfg.seed)
+        model = init_reward_model(sft_path_or_model, tokenizer, cfg.seed, rank0_only=True)
         model = distributed.prepare_model(model, train=True, precision=cfg.precision, gradient_checkpointing=cfg.gradient_checkpointing)
         pairs, ties = preference_pairs(tokenizer, preferences, cfg.max_length)
         train_idx, eval_idx = split_held_out(len(pairs), cfg.eval_size, cfg.seed)
@@ -279,10 +283,14 @@ def save_reward_model(model: PreTrainedModel, tokenizer, path: str | os.PathLike
     save_model(model, tokenizer, path, card)
 
 
-def load_reward_model(path: str | os.PathLike) -> tuple[PreTrainedModel, object]:
-    """(model, tokenizer) from a folder written by ``save_reward_model``; the model is in eval mode."""
+def load_reward_model(path: str | os.PathLike, rank0_only: bool = False) -> tuple[PreTrainedModel, object]:
+    """(model, tokenizer) from a folder written by ``save_reward_model``; the model is in eval mode.
+    ``rank0_only``: as ``afarm.models.lm.load_model`` (for a model that is sharded next)."""
     check_model_folder(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, dtype="auto")
+    if rank0_only and not distributed.is_main():
+        model = on_meta(AutoModelForSequenceClassification, str(path), None, {})
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype="auto")
     tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()
     return model, tokenizer

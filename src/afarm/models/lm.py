@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from afarm.io import InputError, read_json
 
@@ -123,24 +123,46 @@ def check_model_folder(path: str | os.PathLike) -> None:
         raise InputError(config, "expected a JSON object")
 
 
-def load_model(path: str | os.PathLike, dtype: str | None = None, device: torch.device | None = None) -> tuple[PreTrainedModel, object]:
+def load_model(path: str | os.PathLike, dtype: str | None = None, device: torch.device | None = None,
+               rank0_only: bool = False) -> tuple[PreTrainedModel, object]:
     """Load (model, tokenizer) from a folder written by ``save_model`` (or any HF checkpoint folder).
 
     ``device``: a GPU to load the weights straight onto (no full copy in CPU memory first, as
     upstream inference/decode.py's ``device_map``); None or the CPU loads into CPU memory.
+    ``rank0_only``: for a model that ``afarm.distributed.prepare_model`` shards next; among several
+    processes only rank 0 reads the weights, the others build the model on the meta device (no memory)
+    and receive their shards from rank 0 when it is prepared.
     """
     from afarm.models.hub import pretrained_kwargs
 
     check_model_folder(path)
     path, revision = pretrained_kwargs(str(path))  # a hub reference (e.g. a judge model) may pin a revision
-    kwargs = {"dtype": _dtype(dtype)} if dtype else {"dtype": "auto"}
-    kwargs.update(revision)
-    if device is not None and torch.device(device).type != "cpu":
-        kwargs["device_map"] = {"": torch.device(device)}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if rank0_only and not _reads_weights():
+        model = on_meta(AutoModelForCausalLM, path, dtype, revision)
+    else:
+        kwargs = {"dtype": _dtype(dtype)} if dtype else {"dtype": "auto"}
+        kwargs.update(revision)
+        if device is not None and torch.device(device).type != "cpu":
+            kwargs["device_map"] = {"": torch.device(device)}
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path, **revision)
     model.eval()
     return model, tokenizer
+
+
+def _reads_weights() -> bool:
+    """Whether this process reads a checkpoint's weights: one process, or rank 0 of several."""
+    from afarm import distributed
+
+    return distributed.is_main()
+
+
+def on_meta(model_class, path: str, dtype: str | None, revision: dict, **config_changes) -> PreTrainedModel:
+    """The model of checkpoint ``path`` (its config.json only) on the meta device: shapes, no memory."""
+    config = AutoConfig.from_pretrained(path, **revision, **config_changes)
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+    with torch.device("meta"):
+        return model_class.from_config(config, dtype=_dtype(dtype) if dtype else stored)
 
 
 def num_parameters(model: PreTrainedModel) -> int:

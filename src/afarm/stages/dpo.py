@@ -16,8 +16,8 @@ def main(args, params) -> None:
     cfg = stage_config(params, "dpo", DPOConfig)
     check_training(params, "dpo.train", cfg.train)
     preferences = read_preferences(args.preferences)
-    policy, tokenizer = load_model(args.sft, dtype="float32")  # the trained weights are fp32 masters
-    reference, _ = load_model(args.sft)  # frozen: its stored dtype (bf16 under bf16_mixed, see prepare_model)
+    policy, tokenizer = load_model(args.sft, dtype="float32", rank0_only=True)  # the trained weights are fp32 masters
+    reference, _ = load_model(args.sft, rank0_only=True)  # frozen: its stored dtype (bf16 under bf16_mixed, see prepare_model)
     stats = train_dpo(policy, reference, tokenizer, preferences, cfg)
     save_model(policy, tokenizer, args.out, model_card(params, "dpo", args.sft, [args.preferences], dpo=cfg))  # gathered, written by rank 0
     if not distributed.is_main():

@@ -31,8 +31,7 @@ def main(args, params) -> None:
     best = best_of_samples(reward_model, reward_tokenizer, prompts, [r["samples"] for r in samples],
                            [r["finished"] for r in samples], cfg.best_of_n)  # data-parallel, on every rank
     del reward_model  # free the device for training
-    policy, tokenizer = load_model(args.sft, dtype="float32")  # the trainee holds fp32 master weights
-    policy = policy.to(distributed.device())
+    policy, tokenizer = load_model(args.sft, dtype="float32", rank0_only=True)  # the trainee holds fp32 master weights
     _, stats = train_on_best(policy, tokenizer, prompts, best, cfg)
     card = model_card(params, "expert_iteration", args.sft, [args.unlabeled], models={"reward model": args.reward_model}, expert_iteration=cfg)
     save_model(policy, tokenizer, args.out, card)  # gathered, written by rank 0

@@ -19,7 +19,7 @@ def main(args, params) -> None:
     check_training(params, "feedme.train", cfg.train)
     preferences = read_preferences(args.preferences)
     validation = read_examples(args.validation)
-    model, tokenizer = load_model(args.sft, dtype="float32")  # the trained weights are fp32 masters
+    model, tokenizer = load_model(args.sft, dtype="float32", rank0_only=True)  # the trained weights are fp32 masters
     model = distributed.prepare_model(model, train=True, precision=cfg.train.precision, gradient_checkpointing=cfg.train.gradient_checkpointing)
     before = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
     stats = train_feedme(model, tokenizer, preferences, cfg)

@@ -119,15 +119,16 @@ def main(args, params) -> None:
     check_distributed(params, "ppo", cfg, check_ppo_batches)
     prompts = [prompt for prompt, _ in read_examples(args.unlabeled)]
     prepare = preparer(cfg)
-    # One model at a time is loaded whole (fp32 for the trained ones: their master weights) and
-    # then sharded; the value model is a copy of the reward model, taken before that is frozen, and
+    # One model at a time is loaded whole by rank 0 (fp32 for the trained ones: their master weights;
+    # the other ranks build it on the meta device) and then sharded, each rank receiving its shards
+    # from rank 0; the value model is a copy of the reward model, taken before that is frozen, and
     # trained whole (backbone and head), as upstream's actor-critic (rl/ppo_trainer.py, init_value_with_reward).
-    reward_model, reward_tokenizer = load_reward_model(args.reward_model)
+    reward_model, reward_tokenizer = load_reward_model(args.reward_model, rank0_only=True)
     value_model = prepare(ValueModel.from_reward_model(reward_model, cfg.init_value_head).float(), True)
     reward_fn = reward_function(prepare(reward_model, False), reward_tokenizer, cfg.rollout_micro_batch_size)
-    policy, tokenizer = load_model(args.sft, dtype="float32")
+    policy, tokenizer = load_model(args.sft, dtype="float32", rank0_only=True)
     policy = prepare(policy, True)
-    ref_policy = prepare(load_model(args.sft, dtype=frozen_dtype(cfg))[0], False)
+    ref_policy = prepare(load_model(args.sft, dtype=frozen_dtype(cfg), rank0_only=True)[0], False)
     torch.manual_seed(cfg.seed)
     result = train_ppo(policy, ref_policy, value_model, reward_fn, tokenizer, prompts, cfg)
     card = model_card(params, "ppo", args.sft, [args.unlabeled], models={"reward model": args.reward_model}, ppo=cfg)

@@ -44,10 +44,10 @@ def main(args, params) -> None:
     prompts = [prompt for prompt, _ in read_examples(args.unlabeled)]
     eval_set = load_eval_set(args.eval_set)
     prepare = preparer(cfg)
-    reward_model, reward_tokenizer = load_reward_model(args.reward_model)
+    reward_model, reward_tokenizer = load_reward_model(args.reward_model, rank0_only=True)
     reward_fn = reward_function(prepare(reward_model, False), reward_tokenizer, cfg.rollout_micro_batch_size)
-    policy, tokenizer = load_model(args.sft, dtype="float32")
-    ref_policy, _ = load_model(args.sft, dtype=frozen_dtype(cfg))
+    policy, tokenizer = load_model(args.sft, dtype="float32", rank0_only=True)
+    ref_policy, _ = load_model(args.sft, dtype=frozen_dtype(cfg), rank0_only=True)
     torch.manual_seed(cfg.seed)
     # train_quark grows both models' embeddings by the control tokens, then prepares (shards) them
     result = train_quark(policy, ref_policy, reward_fn, tokenizer, prompts, cfg, prepare=prepare)

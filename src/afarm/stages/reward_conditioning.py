@@ -24,7 +24,7 @@ def main(args, params) -> None:
     preferences = read_preferences(args.preferences)
     # Validation loss of the plain SFT data, conditioned on the positive token as at generation time.
     validation = [(cfg.positive_token + p, r) for p, r in read_examples(args.validation)]
-    model, tokenizer = load_model(args.sft, dtype="float32")  # the trained weights are fp32 masters
+    model, tokenizer = load_model(args.sft, dtype="float32", rank0_only=True)  # the trained weights are fp32 masters
     stats = train_reward_conditioning(model, tokenizer, preferences, cfg)
     after = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
     card = model_card(params, "reward_conditioning", args.sft, [args.preferences], reward_conditioning=cfg)

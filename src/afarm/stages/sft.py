@@ -34,7 +34,7 @@ def main(args, params) -> None:
     check_training(params, f"{args.section}.train", cfg.train)
     validation = read_examples(args.validation)  # the data first: a bad file fails before any model loads
     train = [example for path in args.sft for example in read_examples(path)][: args.max_examples]
-    model, tokenizer = load_model(args.base_model, dtype="float32")  # the trained weights are fp32 masters
+    model, tokenizer = load_model(args.base_model, dtype="float32", rank0_only=True)  # the trained weights are fp32 masters
     model = distributed.prepare_model(model, train=True, precision=cfg.train.precision, gradient_checkpointing=cfg.train.gradient_checkpointing)
     before = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
     stats = train_causal_lm(model, tokenizer, train, cfg.train, response_only=True)
