@@ -136,6 +136,7 @@ class PathsConfig:
 
     shared_data: str = "../shared/data"  # root of the AlpacaEval data bundle, read only
     cache_dir: str = ".cache/afarm"  # annotation cache (SQLite), never versioned
+    checkpoints: str = ".checkpoints"  # training checkpoints to resume from (afarm.checkpoint), never versioned
 
 
 def _is_scaled(value: Any) -> bool:

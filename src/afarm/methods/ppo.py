@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from afarm import distributed
+from afarm.checkpoint import Checkpoints, rng_states, set_rng_states
 from afarm.models.lm import cached_forward, torch_threads
 
 RewardFn = Callable[[list[str], list[str]], torch.Tensor]  # (prompts, responses) -> scores, shape (B,)
@@ -65,6 +66,8 @@ class PPOConfig:
     # src/alpaca_farm/rl/ppo_utils.py TrainingArguments, else the HF TrainingArguments default.
     total_epochs: float = 10.0  # rlhf_ppo.sh --total_epochs 10 (passes over the prompts; sets the step count)
     max_steps: int | None = None  # our addition: stop after this many PPO steps (None: total_epochs decides)
+    # our addition: a resumable checkpoint every this many PPO steps (afarm.checkpoint; 0: none)
+    checkpoint_every: int = 0
     rollout_batch_size: int = 512  # rlhf_ppo.sh --rollout_batch_size 512 (prompts per PPO step)
     rollout_micro_batch_size: int = 32  # rlhf_ppo.sh --rollout_per_device_batch_size 32 (generation chunk)
     step_batch_size: int = 256  # rlhf_ppo.sh --step_batch_size 256 (rollouts per optimizer step)
@@ -548,7 +551,8 @@ def check_ppo_batches(cfg: PPOConfig, world: int) -> None:
     check_batches(cfg, world, "ppo")
 
 
-def train_ppo(policy, ref_policy, value_model: ValueModel, reward_fn: RewardFn, tokenizer, prompts: Sequence[str], cfg: PPOConfig) -> dict:
+def train_ppo(policy, ref_policy, value_model: ValueModel, reward_fn: RewardFn, tokenizer, prompts: Sequence[str], cfg: PPOConfig,
+              checkpoints: Checkpoints | None = None) -> dict:
     """Train ``policy`` and ``value_model`` in place with PPO on ``prompts`` (formatted prompt strings).
 
     ``reward_fn(prompts, responses)`` returns one score per response (e.g. a closure over
@@ -558,12 +562,14 @@ def train_ppo(policy, ref_policy, value_model: ValueModel, reward_fn: RewardFn, 
 
     With several processes every rank calls this with its models already prepared
     (``afarm.distributed.prepare_model``) and the same arguments; every rank returns the same log.
+    ``checkpoints``: every ``cfg.checkpoint_every`` steps the run saves what its next step needs, and a
+    run that finds a checkpoint there continues after it (the same log and weights as an uninterrupted run).
     """
     with torch_threads(cfg.num_threads):
-        return _train_ppo(policy, ref_policy, value_model, reward_fn, tokenizer, list(prompts), cfg)
+        return _train_ppo(policy, ref_policy, value_model, reward_fn, tokenizer, list(prompts), cfg, checkpoints)
 
 
-def _train_ppo(policy, ref_policy, value_model, reward_fn, tokenizer, prompts, cfg: PPOConfig) -> dict:
+def _train_ppo(policy, ref_policy, value_model, reward_fn, tokenizer, prompts, cfg: PPOConfig, checkpoints: Checkpoints | None) -> dict:
     world = distributed.world_size()
     check_ppo_batches(cfg, world)
     torch.manual_seed(cfg.seed)
@@ -586,7 +592,16 @@ def _train_ppo(policy, ref_policy, value_model, reward_fn, tokenizer, prompts, c
     sampler = torch.Generator().manual_seed(cfg.seed)
     shuffler = torch.Generator().manual_seed(cfg.seed + 1)
     log = []
-    for step in tqdm(range(1, total_steps + 1), desc="ppo", disable=not (cfg.show_progress and distributed.is_main())):
+    trained, rngs = {"policy": policy, "value": value_model}, {"sampler": sampler, "shuffler": shuffler}
+    done = 0
+    restored = checkpoints.restore(trained, optimizer) if checkpoints is not None else None
+    if restored is not None:
+        done, rest = restored
+        scheduler.load_state_dict(rest["scheduler"])
+        kl_ctl.value, (stream.epoch, stream.order), log = rest["kl_coef"], rest["stream"], rest["log"]
+        set_rng_states(rngs, rest["generators"])
+    for step in tqdm(range(done + 1, total_steps + 1), desc="ppo", initial=done, total=total_steps,
+                     disable=not (cfg.show_progress and distributed.is_main())):
         index = stream.take(cfg.rollout_batch_size)
         mine, generators = rollout_share(cfg, step, sampler)
         local, texts = rollout(
@@ -634,6 +649,9 @@ def _train_ppo(policy, ref_policy, value_model, reward_fn, tokenizer, prompts, c
         }
         log.append(record)
         kl_ctl.step(record["kl"])
+        if checkpoints is not None and checkpoints.due(step, total_steps):
+            checkpoints.save(step, trained, optimizer, {"scheduler": scheduler.state_dict(), "kl_coef": kl_ctl.value,
+                                                        "stream": (stream.epoch, stream.order), "log": log, "generators": rng_states(rngs)})
     policy.eval()
     value_model.eval()
     return {"log": log, "num_prompts": len(kept), "dropped_prompts": len(prompts) - len(kept), "num_steps": total_steps, "seconds": time.perf_counter() - start_time}

@@ -37,9 +37,20 @@ class ModelCard:
     generation: object | None = None  # afarm GenerationConfig of the evaluation decoding; None: not a generator
 
 
+# Keys that say how a run is carried out, not what it computes: left out of the hash (the weights do not depend on them).
+NOT_HASHED = ("checkpoint_every",)  # afarm.checkpoint: how often a resumable checkpoint is saved
+
+
+def _hashed(data):
+    if isinstance(data, dict):
+        return {k: _hashed(v) for k, v in data.items() if k not in NOT_HASHED}
+    return data
+
+
 def params_hash(config) -> str:
-    """sha256 of a resolved config (a dataclass or plain data) as canonical JSON (sorted keys, no spaces)."""
-    data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+    """sha256 of a resolved config (a dataclass or plain data) as canonical JSON (sorted keys, no spaces),
+    without the ``NOT_HASHED`` keys."""
+    data = _hashed(dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config)
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from afarm import distributed
+from afarm.checkpoint import Checkpoints
 from afarm.models.lm import torch_threads
 
 IGNORE_INDEX = -100  # label value the loss ignores (torch cross_entropy default, as upstream constants.py)
@@ -61,6 +62,7 @@ class TrainConfig:
     precision: str = "fp32"
     gradient_checkpointing: bool = False  # HF TrainingArguments default; upstream sft.sh does not enable it
     show_progress: bool = True  # tqdm bar
+    checkpoint_every: int = 0  # our addition: a resumable checkpoint every this many optimizer steps (afarm.checkpoint; 0: none)
 
 
 # ---------------------------------------------------------------- data
@@ -142,7 +144,8 @@ def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=cfg.adam_betas, eps=cfg.adam_eps)
 
 
-def train_causal_lm(model, tokenizer, examples: Sequence[tuple], cfg: TrainConfig, response_only: bool) -> dict:
+def train_causal_lm(model, tokenizer, examples: Sequence[tuple], cfg: TrainConfig, response_only: bool,
+                    checkpoints: Checkpoints | None = None) -> dict:
     """Train ``model`` in place on (prompt, response) pairs, or (prompt, response, eos) triples (``eos``
     False: a response cut off at the generation cap, trained without EOS); return training statistics.
 
@@ -152,7 +155,7 @@ def train_causal_lm(model, tokenizer, examples: Sequence[tuple], cfg: TrainConfi
     ``num_tokens`` (label tokens seen), ``seconds``.
     """
     with torch_threads(cfg.num_threads):
-        return _train(model, tokenizer, examples, cfg, response_only)
+        return _train(model, tokenizer, examples, cfg, response_only, checkpoints)
 
 
 def optimizer_steps(order: Sequence[int], cfg) -> list[list[list[int]]]:
@@ -163,7 +166,7 @@ def optimizer_steps(order: Sequence[int], cfg) -> list[list[list[int]]]:
     return [micro[k : k + per_step] for k in range(0, len(micro), per_step)]
 
 
-def _train(model, tokenizer, examples, cfg: TrainConfig, response_only: bool) -> dict:
+def _train(model, tokenizer, examples, cfg: TrainConfig, response_only: bool, checkpoints: Checkpoints | None) -> dict:
     torch.manual_seed(cfg.seed)
     distributed.micro_batches(cfg.batch_size, cfg.micro_batch_size)  # the global batch must divide
     data, dropped = tokenize_examples(tokenizer, examples, cfg, response_only)
@@ -189,7 +192,13 @@ def _train(model, tokenizer, examples, cfg: TrainConfig, response_only: bool) ->
     device = distributed.device()
 
     losses, learning_rates, grad_norms, num_tokens, start = [], [], [], 0, time.perf_counter()
-    bar = tqdm(steps[:num_steps], desc="train", disable=not (cfg.show_progress and distributed.is_main()))
+    restored = checkpoints.restore({"model": model}, optimizer) if checkpoints is not None else None
+    if restored is not None:
+        _, rest = restored
+        scheduler.load_state_dict(rest["scheduler"])
+        losses, learning_rates, grad_norms, num_tokens = rest["losses"], rest["learning_rates"], rest["grad_norms"], rest["num_tokens"]
+    bar = tqdm(steps[len(losses):num_steps], desc="train", initial=len(losses), total=num_steps,
+               disable=not (cfg.show_progress and distributed.is_main()))
     for step in bar:
         share = distributed.step_share(step)  # this rank's micro-batches, each with its loss divisor
         step_loss = 0.0
@@ -204,6 +213,9 @@ def _train(model, tokenizer, examples, cfg: TrainConfig, response_only: bool) ->
         grad_norms.append(distributed.optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm))
         losses.append(distributed.mean_across_ranks(float(step_loss)))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if checkpoints is not None and checkpoints.due(len(losses), num_steps):
+            checkpoints.save(len(losses), {"model": model}, optimizer, {"scheduler": scheduler.state_dict(), "losses": losses,
+                                                                     "learning_rates": learning_rates, "grad_norms": grad_norms, "num_tokens": num_tokens})
 
     model.eval()  # trained in place
     return {

@@ -84,6 +84,20 @@ def model_card(params: dict, method: str, base_model: str | None, data, /, *, mo
                      params=sections, prompt_prefix=prompt_prefix, generation=generation)
 
 
+def checkpoints(params: dict, module: str, args: argparse.Namespace, cfg, inputs: list, every: int):
+    """The ``afarm.checkpoint.Checkpoints`` of this run of stage ``module``: under ``paths.checkpoints``
+    (outside the stage's outputs), in a folder keyed by the stage's flags, its resolved config ``cfg``
+    and the sizes and times of its ``inputs`` (files or folders): the same command with the same
+    inputs finds its checkpoints again, anything else starts afresh."""
+    import dataclasses
+
+    from afarm.checkpoint import Checkpoints, file_stamps, run_key
+
+    root = repo_paths(params)["checkpoints"] if "paths" in params else PathsConfig.checkpoints
+    key = run_key(module, {k: v for k, v in vars(args).items() if k != "params"}, dataclasses.asdict(cfg), file_stamps(inputs))
+    return Checkpoints(Path(root) / module / key, every)
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")

@@ -25,7 +25,7 @@ from afarm.data.instructions import read_examples
 from afarm.io import InputError, atomic_write, write_json
 from afarm.methods.ppo import PPOConfig, ValueModel, check_ppo_batches, train_ppo
 from afarm.models.lm import load_model, save_model
-from afarm.stages._cli import model_card, parser, run
+from afarm.stages._cli import checkpoints, model_card, parser, run
 
 CURVES = ("score", "kl", "entropy")  # what the plot shows, one panel each
 
@@ -130,9 +130,11 @@ def main(args, params) -> None:
     policy = prepare(policy, True)
     ref_policy = prepare(load_model(args.sft, dtype=frozen_dtype(cfg), rank0_only=True)[0], False)
     torch.manual_seed(cfg.seed)
-    result = train_ppo(policy, ref_policy, value_model, reward_fn, tokenizer, prompts, cfg)
+    saved = checkpoints(params, "ppo", args, cfg, [args.sft, args.reward_model, args.unlabeled], cfg.checkpoint_every)
+    result = train_ppo(policy, ref_policy, value_model, reward_fn, tokenizer, prompts, cfg, saved)
     card = model_card(params, "ppo", args.sft, [args.unlabeled], models={"reward model": args.reward_model}, ppo=cfg)
     save_model(policy, tokenizer, args.out, card)  # gathered, written by rank 0
+    saved.finish()
     if not distributed.is_main():
         return
     log = [{k: v for k, v in r.items() if k != "example_response"} for r in result["log"]]

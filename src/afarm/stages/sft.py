@@ -18,7 +18,7 @@ from afarm.data.instructions import read_examples
 from afarm.io import write_json
 from afarm.models.lm import load_model, save_model
 from afarm.models.train import TrainConfig, evaluate_loss, train_causal_lm
-from afarm.stages._cli import check_training, model_card, parser, run
+from afarm.stages._cli import check_training, checkpoints, model_card, parser, run
 
 
 SECTIONS = ("sft", "sft_52k")
@@ -37,9 +37,11 @@ def main(args, params) -> None:
     model, tokenizer = load_model(args.base_model, dtype="float32", rank0_only=True)  # the trained weights are fp32 masters
     model = distributed.prepare_model(model, train=True, precision=cfg.train.precision, gradient_checkpointing=cfg.train.gradient_checkpointing)
     before = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
-    stats = train_causal_lm(model, tokenizer, train, cfg.train, response_only=True)
+    saved = checkpoints(params, "sft", args, cfg, [args.base_model, *args.sft, args.validation], cfg.train.checkpoint_every)
+    stats = train_causal_lm(model, tokenizer, train, cfg.train, response_only=True, checkpoints=saved)
     after = evaluate_loss(model, tokenizer, validation, cfg.train, response_only=True)
     save_model(model, tokenizer, args.out, model_card(params, "sft", args.base_model, args.sft, **{args.section: cfg}))  # gathered, written by rank 0
+    saved.finish()
     if not distributed.is_main():
         return
     if args.log:
