@@ -1,0 +1,79 @@
+"""The Snakefile is lint-clean: every rule has a log (logs/<stage>.log, written through the launcher's --tee)
+and names the one conda environment; a stage's log holds its output, and a failed stage's log names the
+stage, its command and the error."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from afarm import dag
+from afarm.stages import _tee
+from pipeline_helpers import copy_repo, run, sh
+
+
+@pytest.fixture
+def workspace(repo, shared, tmp_path):
+    work = tmp_path / "repo"
+    copy_repo(repo, work)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["paths"]["shared_data"] = str(shared)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return work
+
+
+def test_snakemake_lint_reports_nothing(workspace):
+    result = run("snakemake --lint", workspace, check=False)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "Lints for" not in out and "Congratulations, your workflow is in a good condition!" in out
+    assert re.search(r'^min_version\("\d', (workspace / "Snakefile").read_text(), flags=re.M)
+
+
+def test_every_rule_logs_to_its_file_through_the_launcher_and_names_the_conda_env(workspace, shared):
+    out = sh("snakemake -n -p --forceall --cores 1", workspace)
+    blocks = {m.group(1): block for block in re.split(r"^(?=(?:local)?rule )", out, flags=re.M)
+              if (m := re.match(r"rule (\w[\w-]*):", block))}
+    assert set(blocks) - {"all"} == {s.name for s in dag.STAGES}
+    for stage in dag.STAGES:
+        block = blocks[stage.name]
+        assert f"    log: logs/{stage.name}.log\n" in block, stage.name
+        shell = re.search(r"^Shell command: (.*)$", block, flags=re.M).group(1).strip()
+        # the stage's dvc.yaml command, with the rule's threads and its log file as the launcher's options
+        assert shell == f"python -m afarm.stages --threads 1 --tee logs/{stage.name}.log {stage.arguments(str(shared))}", shell
+    snakefile = (workspace / "Snakefile").read_text()
+    assert re.search(r'^ENV = "workflow/envs/afarm.yaml"$', snakefile, flags=re.M)
+    assert re.search(r"^        conda:\n            ENV\n", snakefile, flags=re.M)  # in the one rule template
+    assert (workspace / "workflow" / "envs" / "afarm.yaml").is_file()
+    assert "/logs/" in (workspace / ".gitignore").read_text().splitlines()
+
+
+def test_a_stage_log_has_its_output_and_a_failed_stage_log_names_stage_command_and_error(workspace):
+    done = run("snakemake data --cores 1", workspace)
+    log = (workspace / "logs" / "data.log").read_text()
+    first, *rest = log.splitlines()
+    assert first.startswith("# stage data: python -m afarm.stages --threads 1 data --instructions data/raw/instructions.jsonl.gz ")
+    assert "sft: 1000 rows -> data/splits/sft.json" in log  # the stage's own output ...
+    assert "sft: 1000 rows -> data/splits/sft.json" in done.stdout + done.stderr  # ... also on the terminal
+    assert "failed" not in log
+
+    bad = run("snakemake data --cores 1 --forcerun data --config 'data={eval_limit: many}'", workspace, check=False)
+    assert bad.returncode != 0
+    lines = (workspace / "logs" / "data.log").read_text().splitlines()
+    assert lines[0].startswith("# stage data: python -m afarm.stages --threads 1 data ") and lines[0].endswith(".yaml")
+    assert "field 'data.eval_limit': expected int | None, got str 'many'" in lines[-2]  # the error
+    assert lines[-1] == f"error: stage data failed (exit 2): {lines[0].split(': ', 1)[1]}"
+    assert "logs/data.log" in bad.stdout + bad.stderr  # Snakemake points at it
+
+
+def test_tee_option_is_split_from_the_launcher_options_only():
+    argv = ["--threads", "2", "--tee", "logs/sft_52k.log", "sft", "--out", "models/sft_52k", "--log", "results/curves/sft_52k.csv"]
+    log, rest = _tee.split_tee(argv)
+    assert log == "logs/sft_52k.log" and rest == ["--threads", "2", "sft", "--out", "models/sft_52k", "--log", "results/curves/sft_52k.csv"]
+    assert _tee.split_tee(["data", "--tee", "x"]) == (None, ["data", "--tee", "x"])  # a stage flag is the stage's
+    by_name = {s.name: s for s in dag.STAGES}
+    for name in ("sft", "sft_52k", "generate_dpo_sim", "annotate_human_gpt4"):
+        stage = by_name[name]
+        assert _tee.stage_name(["--threads", "1", *stage.arguments("/bundle").split()]) == name
