@@ -18,7 +18,7 @@ from snakemake.utils import min_version
 min_version("8.0")  # pyproject.toml: snakemake>=8 (the lock pins 9.27.1)
 
 from afarm.config import apply_overrides, load_params, section, write_params
-from afarm.dag import LAUNCHER, STAGES, final_targets, is_directory, stage_params
+from afarm.dag import LAUNCHER, STAGES, final_targets, is_directory, report_items, stage_params
 from afarm.io import InputError
 from afarm.stages._cli import check_params
 from afarm.stages._launch import cpus
@@ -37,9 +37,13 @@ check_params(PARAMS)  # unknown sections / paths keys fail here, before any job 
 SCALE = PARAMS["scale"]
 SHARED = PARAMS["paths"]["shared_data"]
 ENV = "workflow/envs/afarm.yaml"
+REPORT = report_items()  # outputs in `snakemake --report report.html`, with their captions (workflow/report/)
 if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
     # the conda environment holds afarm's requirements, not afarm: its jobs import it from this checkout
     os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (os.path.abspath("src"), os.environ.get("PYTHONPATH")) if p))
+
+
+report: "workflow/report/workflow.rst"
 
 
 rule all:
@@ -56,9 +60,9 @@ for stage in STAGES:
         input:
             stage.dep_paths(SHARED),
         output:
-            [directory(p) if is_directory(p) else p for p in stage.outs.values()],
+            [report(p, **REPORT[p]) if p in REPORT else directory(p) if is_directory(p) else p for p in stage.outs.values()],
             list(stage.metrics.values()),
-            list(stage.plots.values()),
+            [report(p, **REPORT[p]) if p in REPORT else p for p in stage.plots.values()],
         params:
             # Rerun when the resolved params of this scale change (Snakemake's params trigger).
             resolved=json.dumps({s: section(PARAMS, s) for s in stage_params(stage)}, sort_keys=True),
