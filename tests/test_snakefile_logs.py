@@ -29,7 +29,12 @@ def test_snakemake_lint_reports_nothing(workspace):
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     assert "Lints for" not in out and "Congratulations, your workflow is in a good condition!" in out
-    assert re.search(r'^min_version\("\d', (workspace / "Snakefile").read_text(), flags=re.M)
+    # the oldest Snakemake the Snakefile accepts is the one pyproject.toml requires
+    import tomllib
+
+    floor = re.search(r'^min_version\("([\d.]+)"\)', (workspace / "Snakefile").read_text(), flags=re.M)
+    deps = tomllib.loads((workspace / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert floor and f"snakemake>={floor.group(1)}" in deps
 
 
 def test_every_rule_logs_to_its_file_through_the_launcher_and_names_the_conda_env(workspace, shared):
