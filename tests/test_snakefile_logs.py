@@ -5,6 +5,7 @@ stage, its command and the error."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -82,3 +83,40 @@ def test_tee_option_is_split_from_the_launcher_options_only():
     for name in ("sft", "sft_52k", "generate_dpo_sim", "annotate_human_gpt4"):
         stage = by_name[name]
         assert _tee.stage_name(["--threads", "1", *stage.arguments("/bundle").split()]) == name
+
+
+def test_a_cancelled_teed_stage_is_stopped_and_its_log_says_so(tmp_path):
+    """SIGTERM to the --tee parent (a cancelled job) reaches the stage process; the log ends with the signal."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pipeline_helpers import env
+    from test_launch import REPO, _write_training_inputs
+
+    _write_training_inputs(tmp_path)
+    argv = [sys.executable, "-m", "afarm.stages", "--threads", "1", "--tee", "logs/base_model.log", "base_model",
+            "--unlabeled", "train.json", "--validation", "validation.json", "--out", "model", "--metrics", "m.json", "--log", "c.csv"]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env(base={**os.environ, "PYTHONPATH": str(REPO / "src")}),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "logs" / "base_model.log"
+    deadline = time.monotonic() + 60
+    while not log.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # the stage process is importing torch
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    last = log.read_text().splitlines()[-1]
+    assert last.startswith("error: stage base_model failed (signal 15): python -m afarm.stages --threads 1 base_model --unlabeled train.json")
+    time.sleep(0.5)
+    left = []  # processes still working in this folder: the stage process would be one
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and os.readlink(entry / "cwd") == str(tmp_path):
+                left.append(entry.name)
+        except OSError:
+            continue
+    assert left == []
+    assert not (tmp_path / "model").exists()

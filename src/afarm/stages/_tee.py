@@ -71,8 +71,11 @@ def main(log_path: str, argv: list[str]) -> int:
         log.flush()
         proc = subprocess.Popen([sys.executable, "-m", "afarm.stages", *argv], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a cancelled job: the stage gets the signal
+        # A cancelled job: the stage gets the signal (a second one when the whole process group got it: harmless,
+        # both end it). Ctrl-C reaches the stage from the terminal; this parent only waits for it to end.
+        for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
+        signal.signal(signal.SIGINT, lambda _signum, _frame: None)
         lock = threading.Lock()
         pumps = [threading.Thread(target=_pump, args=(pipe.fileno(), [out, log], lock))
                  for pipe, out in ((proc.stdout, sys.stdout.buffer), (proc.stderr, sys.stderr.buffer))]
