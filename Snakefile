@@ -6,10 +6,19 @@
 # .snakemake/afarm/params-<hash>.yaml, which every rule passes to its stage (`--params`): the rules
 # (scale, resources, rerun triggers) and the stages read the same values. Without overrides the
 # stages read params.yaml. An override naming a key params.yaml does not have stops here.
+# Each job's output also goes to logs/<stage>.log (the launcher's --tee: the terminal still shows it); every
+# rule names one conda environment, workflow/envs/afarm.yaml (written from requirements/lock-cpu.txt by
+# scripts/lock.py), used with `--software-deployment-method conda`. `snakemake --lint` reports nothing.
 import json
+import os
+
+from snakemake.settings.types import DeploymentMethod
+from snakemake.utils import min_version
+
+min_version("8")  # pyproject.toml: snakemake>=8
 
 from afarm.config import apply_overrides, load_params, section, write_params
-from afarm.dag import LAUNCHER, STAGES, final_targets, is_directory, stage_params
+from afarm.dag import LAUNCHER, STAGES, final_targets, is_directory, report_items, stage_params
 from afarm.io import InputError
 from afarm.stages._cli import check_params
 from afarm.launch import cpus
@@ -27,6 +36,14 @@ if config:
 check_params(PARAMS)  # unknown sections / paths keys fail here, before any job starts
 SCALE = PARAMS["scale"]
 SHARED = PARAMS["paths"]["shared_data"]
+ENV = "workflow/envs/afarm.yaml"
+REPORT = report_items()  # outputs in `snakemake --report report.html`, with their captions (workflow/report/)
+if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    # the conda environment holds afarm's requirements, not afarm: its jobs import it from this checkout
+    os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (os.path.abspath("src"), os.environ.get("PYTHONPATH")) if p))
+
+
+report: "workflow/report/workflow.rst"
 
 
 rule all:
@@ -43,14 +60,19 @@ for stage in STAGES:
         input:
             stage.dep_paths(SHARED),
         output:
-            [directory(p) if is_directory(p) else p for p in stage.outs.values()],
+            [report(p, **REPORT[p]) if p in REPORT else directory(p) if is_directory(p) else p for p in stage.outs.values()],
             list(stage.metrics.values()),
-            list(stage.plots.values()),
+            [report(p, **REPORT[p]) if p in REPORT else p for p in stage.plots.values()],
         params:
             # Rerun when the resolved params of this scale change (Snakemake's params trigger).
             resolved=json.dumps({s: section(PARAMS, s) for s in stage_params(stage)}, sort_keys=True),
             # Bound now: a `shell:` expression would be evaluated late, after the loop has moved on.
             args=stage.arguments(SHARED, PARAMS_FILE),
+        # stdout + stderr of the job (not a DVC output; .gitignore); the terminal shows them too
+        log:
+            f"logs/{stage.name}.log",
+        conda:
+            ENV
         # params that pin the thread count (tiny: 1) ask for what they use; unpinned (paper), the
         # stage table's CPUs, which the launcher's --threads hands on to the stage
         threads: cpus(stage.module, PARAMS, res.cpus)
@@ -59,4 +81,4 @@ for stage in STAGES:
             gpu=res.gpus,
             runtime=res.runtime,
         shell:
-            LAUNCHER + " --threads {threads} {params.args}"
+            LAUNCHER + " --threads {threads} --tee {log} {params.args}"

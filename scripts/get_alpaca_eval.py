@@ -20,6 +20,12 @@ folder that holds ``alpaca_eval/``. The script
    each mismatch.
 
 ``--source DIR``: an existing checkout of alpaca_eval at the pinned commit (no git command runs).
+
+``--if_missing`` (what ``scripts/run_tiny.sh`` and ``scripts/test.sh`` run): do nothing when every listed
+file is already in DEST/alpaca_eval/ (an ``annotations.json`` also as ``.json.gz``), else fetch as
+above. Without DEST, DEST is ``paths.shared_data`` of the repository's ``params.yaml`` (relative
+to the repository). When the clone fails (no network) it stops with one line naming the manual
+routes.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ from pathlib import Path
 
 REPOSITORY = "https://github.com/tatsu-lab/alpaca_eval"
 COMMIT = "cd543a149df89434d8a54582c0151c0b945c3d20"  # the bundle's pinned commit
-LISTS = Path(__file__).resolve().parents[1] / "data" / "alpaca_eval_bundle"
+ROOT = Path(__file__).resolve().parents[1]
+LISTS = ROOT / "data" / "alpaca_eval_bundle"
 
 
 def read_manifest() -> dict[str, str]:
@@ -48,15 +55,45 @@ def read_manifest() -> dict[str, str]:
     return manifest
 
 
+class FetchError(RuntimeError):
+    """The clone or checkout failed (no network, no git, a moved repository)."""
+
+
+def default_dest(params: Path | None = None) -> Path:
+    """``paths.shared_data`` of ``params.yaml``, relative to the repository as the pipeline runs there."""
+    import yaml  # installed with the package (pyyaml); only this default needs it
+
+    params = params or ROOT / "params.yaml"
+    shared = yaml.safe_load(params.read_text(encoding="utf-8"))["paths"]["shared_data"]
+    return Path(shared) if Path(shared).is_absolute() else (params.parent / shared).resolve()
+
+
+def missing(dest: Path) -> list[str]:
+    """The listed files absent from ``dest``/alpaca_eval (an annotations.json may be stored gzipped)."""
+    root = dest / "alpaca_eval"
+    return [name for name in read_manifest()
+            if not (root / name).is_file() and not (name.endswith("/annotations.json") and (root / (name + ".gz")).is_file())]
+
+
 def clone(folder: Path, paths: list[str]) -> None:
     def git(*args: str, **kwargs) -> None:
-        subprocess.run(["git", "-C", str(folder), *args], check=True, **kwargs)
+        run(["git", "-C", str(folder), *args], **kwargs)
+
+    def run(cmd: list[str], **kwargs) -> None:
+        try:
+            result = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, **kwargs)
+        except OSError as err:  # no git
+            raise FetchError(f"{cmd[0]}: {err.strerror}") from None
+        if result.returncode != 0:
+            lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+            raise FetchError(f"`{' '.join(cmd[:2])} ...` failed: {lines[-1] if lines else f'exit {result.returncode}'}")
 
     if not (folder / ".git").is_dir():
         folder.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["git", "clone", "--filter=blob:none", "--no-checkout", REPOSITORY, str(folder)], check=True)
+        print(f"fetching {len(paths)} files of {REPOSITORY} at {COMMIT[:7]} (about 90 MB) into {folder}", file=sys.stderr)
+        run(["git", "clone", "--filter=blob:none", "--no-checkout", REPOSITORY, str(folder)])
     patterns = "".join(f"/{p}\n" for p in paths)
-    git("sparse-checkout", "set", "--no-cone", "--stdin", input=patterns, text=True)
+    git("sparse-checkout", "set", "--no-cone", "--stdin", input=patterns)
     git("checkout", "--quiet", COMMIT)
 
 
@@ -101,17 +138,34 @@ def install(source: Path, dest: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dest", help="folder to hold alpaca_eval/ (params.yaml paths.shared_data)")
+    p.add_argument("dest", nargs="?", default=None,
+                   help="folder to hold alpaca_eval/ (default: paths.shared_data of params.yaml)")
+    p.add_argument("--if_missing", action="store_true",
+                   help="fetch only when a listed file is missing from DEST/alpaca_eval (else write nothing)")
     p.add_argument("--clone", default=None, help="where to clone (default DEST/.alpaca_eval_clone; reused if present)")
     p.add_argument("--source", default=None, help="an existing checkout at the pinned commit: copy from it, run no git")
     p.add_argument("--keep_clone", action="store_true", help="keep the clone after copying")
     args = p.parse_args(argv)
-    dest = Path(args.dest)
+    dest = Path(args.dest) if args.dest else default_dest()
+    if args.if_missing:
+        absent = missing(dest)
+        if not absent:
+            print(f"AlpacaEval data present: {dest / 'alpaca_eval'} (nothing fetched)")
+            return 0
+        print(f"{len(absent)} of {len(read_manifest())} AlpacaEval files missing from {dest / 'alpaca_eval'} "
+              f"(e.g. {absent[0]}): fetching them", file=sys.stderr)
     if args.source:
         source = Path(args.source)
     else:
         source = Path(args.clone) if args.clone else dest / ".alpaca_eval_clone"
-        clone(source, sorted(read_manifest()))
+        try:
+            clone(source, sorted(read_manifest()))
+        except FetchError as err:
+            print(f"error: could not fetch the AlpacaEval data into {dest / 'alpaca_eval'} ({err}): with no network, "
+                  f"run `python scripts/get_alpaca_eval.py {dest} --source CHECKOUT` on a checkout of "
+                  f"tatsu-lab/alpaca_eval at {COMMIT}, or copy alpaca_eval/ there from a machine that has it "
+                  f"(README, 'The AlpacaEval data')", file=sys.stderr)
+            return 1
     problems = install(source, dest)
     for line in problems:
         print(f"error: {line}", file=sys.stderr)

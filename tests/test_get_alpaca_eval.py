@@ -109,3 +109,78 @@ def test_sparse_clone_fetches_only_the_listed_files(tmp_path, monkeypatch):
     files = sorted(str(p.relative_to(clone)) for p in clone.rglob("*") if p.is_file() and ".git" not in p.parts)
     assert files == ["results/a/model_outputs.json"]
     assert (clone / "results/a/model_outputs.json").read_text() == "[]"
+
+
+def _fake_bundle(dest: Path, script) -> None:
+    """Every listed file at its place under dest/alpaca_eval (annotations gzipped, as the bundle stores them)."""
+    for name in script.read_manifest():
+        path = dest / "alpaca_eval" / (name + ".gz" if name.endswith("/annotations.json") else name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*")}
+
+
+def test_if_missing_with_the_data_present_fetches_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    script = load_script()
+    dest = tmp_path / "shared"
+    _fake_bundle(dest, script)
+    before = _snapshot(tmp_path)
+
+    def no_clone(*args):
+        raise AssertionError("clone called although the data is present")
+
+    monkeypatch.setattr(script, "clone", no_clone)
+    assert script.main([str(dest), "--if_missing"]) == 0
+    assert _snapshot(tmp_path) == before
+    assert "nothing fetched" in capsys.readouterr().out
+    # the default DEST is params.yaml's paths.shared_data, relative to the repository
+    params = tmp_path / "params.yaml"
+    params.write_text("paths:\n  shared_data: shared\n")
+    assert script.default_dest(params) == dest.resolve()
+    assert script.default_dest(REPO / "params.yaml") == (REPO / yaml_shared_data()).resolve()
+
+
+def yaml_shared_data() -> str:
+    import yaml
+
+    return yaml.safe_load((REPO / "params.yaml").read_text())["paths"]["shared_data"]
+
+
+def test_if_missing_fetches_when_one_file_is_absent(tmp_path, monkeypatch):
+    script = load_script()
+    dest = tmp_path / "shared"
+    _fake_bundle(dest, script)
+    (dest / "alpaca_eval" / OUTPUTS).unlink()
+    called = []
+
+    def failing_clone(folder, paths):
+        called.append(paths)
+        raise script.FetchError("offline")
+
+    monkeypatch.setattr(script, "clone", failing_clone)
+    assert script.main([str(dest), "--if_missing"]) == 1
+    assert called and OUTPUTS in called[0]
+
+
+def test_no_network_stops_with_one_line_naming_the_manual_route(tmp_path, monkeypatch, capsys):
+    """A real git clone of a repository that cannot be reached (a file URL to nothing: no traffic)."""
+    script = load_script()
+    monkeypatch.setattr(script, "REPOSITORY", (tmp_path / "unreachable").as_uri())
+    dest = tmp_path / "shared"
+    assert script.main([str(dest), "--if_missing"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(err) == 1, err
+    assert "could not fetch the AlpacaEval data" in err[0] and "--source" in err[0] and "The AlpacaEval data" in err[0]
+    assert not (dest / "alpaca_eval").exists()
+
+
+def test_the_quick_start_scripts_get_the_data_only_if_missing():
+    for name, runner in (("run_tiny.sh", "snakemake --cores all"), ("test.sh", "python -m pytest")):
+        lines = (REPO / "scripts" / name).read_text().splitlines()
+        calls = [i for i, line in enumerate(lines) if line.strip() == "python scripts/get_alpaca_eval.py --if_missing"]
+        install = lines.index("bash scripts/install.sh")
+        start = next(i for i, line in enumerate(lines) if line.startswith(runner))
+        assert len(calls) == 1 and install < calls[0] < start, name

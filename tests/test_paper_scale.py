@@ -42,7 +42,8 @@ def test_snakemake_dry_run_plans_every_stage_at_paper_scale(paper_workspace):
     commands = _commands(out)
     # unpinned threads: the launcher hands the rule's CPUs on (16 asked, 4 granted by --cores 4);
     # no overrides: the stages read params.yaml, as under dvc repro
-    assert commands["sft"].startswith("python -m afarm.stages --threads 4 sft ") and commands["annotate_sim_sft"].startswith("python -m afarm.stages --threads 1 annotate ")
+    assert commands["sft"].startswith("python -m afarm.stages --threads 4 --tee logs/sft.log sft ")
+    assert commands["annotate_sim_sft"].startswith("python -m afarm.stages --threads 1 --tee logs/annotate_sim_sft.log annotate ")
     assert not any("--params" in c for c in commands.values())
 
 
@@ -74,7 +75,7 @@ def test_snakemake_config_overrides_reach_the_rules_and_the_stage_commands(paper
     assert len(files) == 1 and all(re.search(r" --params \S+$", c) for c in commands.values())
     merged = yaml.safe_load((paper_workspace / files.pop()).read_text())
     assert merged["scale"] == "tiny" and merged["ppo"]["kl_coef"] == {"sim": 0.05, "human": 0.02}
-    assert commands["sft"].startswith("python -m afarm.stages --threads 1 sft ")  # tiny pins 1 thread and asks for 1 CPU
+    assert commands["sft"].startswith("python -m afarm.stages --threads 1 --tee logs/sft.log sft ")  # tiny pins 1 thread and asks for 1 CPU
     # a key params.yaml does not have stops before any job starts, with one line naming it
     from pipeline_helpers import run
 

@@ -583,6 +583,32 @@ def final_targets() -> list[str]:
     return [p for s in STAGES for p in [*s.outs.values(), *s.metrics.values(), *s.plots.values()]]
 
 
+# `snakemake --report report.html`: outputs shown in the report, each with its caption (workflow/report/*.rst,
+# relative to the Snakefile) and category. Presentation only: they change no command, path or dvc.yaml entry.
+REPORT_CAPTIONS = "workflow/report"
+
+
+def report_items() -> dict[str, dict[str, str]]:
+    """Output path -> the keyword arguments of Snakemake's ``report()`` (caption, category, subcategory)."""
+    items: dict[str, dict[str, str]] = {}
+
+    def add(path: str, caption: str, category: str, subcategory: str) -> None:
+        items[path] = {"caption": f"{REPORT_CAPTIONS}/{caption}.rst", "category": category, "subcategory": subcategory}
+
+    for pset in PREFERENCE_SETS:
+        world = f"{pset} world"
+        add(f"results/leaderboard_{pset}.png", "leaderboard", "1. Leaderboards", world)
+        add(f"results/leaderboard_{pset}.csv", "leaderboard", "1. Leaderboards", world)
+        add(method_health_path(pset, "csv"), "method_health", "3. Method health", world)
+    add("results/sim_vs_human.png", "sim_vs_human", "2. Simulated vs human", "rankings")
+    add(SIM_VS_HUMAN_CSV, "sim_vs_human", "2. Simulated vs human", "rankings")
+    for stage in STAGES:
+        for path in stage.plots.values():
+            if path.startswith(f"{CURVES}/"):
+                add(path, "training_curve", "4. Training curves", stage.name)
+    return items
+
+
 def dvc_yaml() -> str:
     stages = {}
     for stage in STAGES:
