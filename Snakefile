@@ -7,6 +7,7 @@
 # (scale, resources, rerun triggers) and the stages read the same values. Without overrides the
 # stages read params.yaml. An override naming a key params.yaml does not have stops here.
 import json
+import sys
 
 from afarm.config import apply_overrides, load_params, section, write_params
 from afarm.dag import LAUNCHER, STAGES, final_targets, is_directory, stage_params
@@ -60,3 +61,17 @@ for stage in STAGES:
             runtime=res.runtime,
         shell:
             LAUNCHER + " --threads {threads} {params.args}"
+
+
+# Preflight (`afarm check`, src/afarm/annotators/preflight.py): before the first job starts, every judge the
+# active params name must answer (retired API models refused, the others asked of their server; local judges'
+# files checked). Not a stage, so the stage table, dvc.yaml and dvc.lock do not change; under `dvc repro`, run
+# `afarm check` first (README "Judges that still answer"). Not run by dry runs (-n) or --touch.
+onstart:
+    if not workflow.touch:
+        from afarm.annotators.preflight import run_check
+
+        if run_check(PARAMS) != 0:
+            print("afarm check failed: no stage was started (fix the lines above, then rerun; `afarm check --params "
+                  f"{PARAMS['_path']}` repeats the check)", file=sys.stderr)
+            raise SystemExit(1)
