@@ -196,6 +196,24 @@ def test_without_the_models_route_a_served_model_answers(key, capsys, tmp_path):
 
 
 @needs_bundle
+def test_paper_params_at_a_server_without_the_models_route(key, capsys, monkeypatch):
+    """What tests/test_paper_path.py's Snakemake run meets in `onstart`: the paper's judges at the loopback server
+    ($OPENAI_BASE_URL, no GET /v1/models): one one-token request per model and endpoint, all answered; the
+    server's fault script and call counters are untouched by them."""
+    with FakeOpenAIServer(TemplateJudge(bundle_templates(SHARED))) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+        server.faults.extend(["401", "429"])
+        params = load_params(REPO / "params.yaml")
+        params["scale"] = "paper"
+        params["paths"]["shared_data"] = str(SHARED)
+        code, out, err = check(params, capsys, timeout=5)
+        assert code == 0, err
+        assert sorted(server.probes) == sorted(PAPER_MODELS)
+        assert list(server.faults) == ["401", "429"] and server.calls == 0
+    assert out.count("answered a one-token request") == len(PAPER_MODELS)
+
+
+@needs_bundle
 def test_a_hanging_model_times_out(key, capsys, tmp_path):
     with FakeOpenAIServer(TemplateJudge([]), models={"judge-a"}, models_route=False) as server:
         server.hang_models = {"judge-a"}
