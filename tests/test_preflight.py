@@ -214,25 +214,19 @@ def test_paper_params_at_a_server_without_the_models_route(key, capsys, monkeypa
 
 
 @needs_bundle
-def test_a_hanging_model_times_out(key, capsys, tmp_path):
-    with FakeOpenAIServer(TemplateJudge([]), models={"judge-a"}, models_route=False) as server:
-        server.hang_models = {"judge-a"}
+@pytest.mark.parametrize("hanging, expected", [
+    ("model", "no answer to a one-token chat request within the 0.5 s timeout"),  # no GET /v1/models: the probe hangs
+    ("listing", "no answer to GET /v1/models within the 0.5 s timeout"),
+])
+def test_a_hanging_server_times_out(hanging, expected, key, capsys, tmp_path):
+    with FakeOpenAIServer(TemplateJudge([]), models={"judge-a"}, models_route=hanging == "listing") as server:
+        server.hang_models = {"judge-a"} if hanging == "model" else set()
+        server.hang_listing = hanging == "listing"
         server.hang = 3.0
         code, _, err = check(judge_params(tmp_path, server.url), capsys, timeout=0.5)
     assert code == 1
     (line,) = error_lines(err)
-    assert "no answer to a one-token chat request within the 0.5 s timeout" in line
-
-
-@needs_bundle
-def test_a_hanging_model_list_times_out(key, capsys, tmp_path):
-    with FakeOpenAIServer(TemplateJudge([]), models={"judge-a"}) as server:
-        server.hang_listing = True
-        server.hang = 3.0
-        code, _, err = check(judge_params(tmp_path, server.url), capsys, timeout=0.5)
-    assert code == 1
-    (line,) = error_lines(err)
-    assert "no answer to GET /v1/models within the 0.5 s timeout" in line
+    assert expected in line and "api_judge (annotate.annotators.sim)" in line
 
 
 @needs_bundle
