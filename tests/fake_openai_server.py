@@ -25,6 +25,8 @@ What ``afarm check`` (``afarm.annotators.preflight``) meets:
   route is a 404) and a request for any other model gets OpenAI's 404 ``model_not_found``;
 * ``hang_models``: requests for these models sleep ``hang`` seconds first; ``hang_listing``: so does
   ``GET /v1/models``;
+* ``required_key``: when set, ``GET /v1/models`` and the check's requests sent with another key get
+  OpenAI's 401, whose message echoes the key it was sent;
 * the check's one-token request (``PROBE_PROMPT``) is answered "ok" by the server itself and recorded
   in ``probes`` (model names), not in ``calls`` / ``requests``, and consumes no ``faults``: a
   preflight run before a test's judging leaves that test's scripted faults and counters as they were.
@@ -145,6 +147,7 @@ class FakeOpenAIServer:
         self.hang_models: set[str] = set()
         self.hang_listing = False
         self.probes: list[str] = []  # models asked by afarm check's one-token request
+        self.required_key: str | None = None
         self.faults: collections.deque[str] = collections.deque()
         self.fail_after: int | None = None
         self.retry_after = "0.05"  # seconds, sent with every 429
@@ -210,8 +213,19 @@ class FakeOpenAIServer:
         self._send(handler, 404, {"error": {"message": f"The model `{model}` does not exist or you do not have access to it.",
                                             "type": "invalid_request_error", "param": None, "code": "model_not_found"}})
 
+    def _refused_key(self, handler: BaseHTTPRequestHandler) -> bool:
+        """Answer 401 (echoing the key it was sent, as OpenAI does) when ``required_key`` is set and not sent."""
+        sent = handler.headers.get("Authorization", "").removeprefix("Bearer ")
+        if self.required_key is None or sent == self.required_key:
+            return False
+        self._send(handler, 401, {"error": {"message": f"Incorrect API key provided: {sent}",
+                                            "type": "invalid_request_error", "code": "invalid_api_key"}})
+        return True
+
     def _handle_get(self, handler: BaseHTTPRequestHandler) -> None:
         path = handler.path.rstrip("/")
+        if self._refused_key(handler):
+            return None
         if path != "/v1/models" or self.models is None or not self.models_route:
             return self._no_route(handler, path)
         if self.hang_listing:
@@ -223,6 +237,8 @@ class FakeOpenAIServer:
         model = body.get("model", "")
         with self._lock:
             self.probes.append(model)
+        if self._refused_key(handler):
+            return None
         if self.models is not None and model not in self.models:
             return self._unknown_model(handler, model)
         if model in self.hang_models:

@@ -177,6 +177,17 @@ def test_a_model_the_server_does_not_list(key, capsys, tmp_path):
 
 
 @needs_bundle
+@pytest.mark.parametrize("route", [True, False])
+def test_a_refused_key_is_one_line_without_the_key(route, key, capsys, tmp_path):
+    with FakeOpenAIServer(TemplateJudge([]), models={"judge-a"}, models_route=route) as server:
+        server.required_key = "sk-the-right-one"
+        code, out, err = check(judge_params(tmp_path, server.url), capsys, timeout=5)
+    assert code == 1 and KEY not in out + err
+    (line,) = error_lines(err)
+    assert "HTTP 401" in line and "Incorrect API key provided: ***" in line
+
+
+@needs_bundle
 def test_without_the_models_route_a_404_model_not_found(key, capsys, tmp_path):
     with FakeOpenAIServer(TemplateJudge([]), models={"other"}, models_route=False) as server:
         code, _, err = check(judge_params(tmp_path, server.url), capsys, timeout=5)
