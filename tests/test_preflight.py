@@ -74,6 +74,13 @@ def error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("error: ")]
 
 
+def only_error(code: int, err: str) -> str:
+    """The one error line of a failed check."""
+    assert code == 1, err
+    (line,) = error_lines(err)
+    return line
+
+
 # ------------------------------------------------------------------ offline
 
 
@@ -102,10 +109,31 @@ def test_a_missing_weights_file_is_one_line(no_network, capsys, tmp_path, monkey
     params["scale"] = "tiny"
     params["annotate"]["config_dirs"] = [str(folder.parent)]  # shadows the built-in offline_judge
     code, _, err = check(params, capsys)
-    assert code == 1
-    (line,) = error_lines(err)
+    line = only_error(code, err)
     assert f"{folder / 'config.yaml'}: offline judge weights {folder / 'weights.json'} not found" in line
     assert "offline_judge (annotate.annotators.human)" in line
+
+
+@needs_bundle
+def test_small_scale_open_judge_is_checked_locally(no_network, capsys, tmp_path):
+    """judges: local: the local_hf judge's hub id is named (downloaded by its stage), no network; a model_path that
+    is neither an existing folder nor a hub id is one line naming the config and field."""
+    params = load_params(REPO / "params.yaml")
+    params["scale"], params["judges"] = "small", "local"
+    params["paths"]["shared_data"] = str(SHARED)
+    code, out, _ = check(params, capsys)
+    assert code == 0 and "| hub model Qwen/Qwen2.5-7B-Instruct@" in out
+    folder = tmp_path / "judges" / "local_judge"
+    folder.mkdir(parents=True)
+    spec = yaml.safe_load((BUILTIN_CONFIGS / "local_judge/config.yaml").read_text())
+    spec["settings"]["model_path"] = str(tmp_path / "no-such-model")
+    (folder / "config.yaml").write_text(yaml.safe_dump(spec))
+    params["annotate"]["config_dirs"] = [str(folder.parent)]
+    code, _, err = check(params, capsys)
+    line = only_error(code, err)
+    assert f"field 'settings.model_path': {tmp_path / 'no-such-model'} is neither a folder nor a hub id" in line
+    (tmp_path / "no-such-model").mkdir()
+    assert check(params, capsys)[0] == 0  # a local folder
 
 
 def test_retired_models_are_refused_one_line_each_without_network(key, no_network, capsys, monkeypatch):
@@ -148,8 +176,7 @@ def test_missing_key_is_one_line(capsys, tmp_path, monkeypatch):
     with FakeOpenAIServer(TemplateJudge([]), models={"judge-a"}) as server:
         code, _, err = check(judge_params(tmp_path, server.url), capsys, timeout=5)
         assert server.probes == [] and server.calls == 0
-    assert code == 1
-    (line,) = error_lines(err)
+    line = only_error(code, err)
     assert "environment variable OPENAI_API_KEY is empty or unset" in line and "api_judge (annotate.annotators.sim)" in line
 
 
@@ -170,8 +197,8 @@ def test_all_good_prints_the_table_and_exits_0(key, capsys, tmp_path):
 def test_a_model_the_server_does_not_list(key, capsys, tmp_path):
     with FakeOpenAIServer(TemplateJudge([]), models={"other-1", "other-2"}) as server:
         code, out, err = check(judge_params(tmp_path, server.url), capsys, timeout=5)
-    assert code == 1 and out == ""
-    (line,) = error_lines(err)
+    assert out == ""
+    line = only_error(code, err)
     assert line.startswith(f"error: model 'judge-a' at {server.url}: not served here: GET /v1/models lists 2 models (other-1, other-2)")
     assert "api_judge (annotate.annotators.sim)" in line and "what to do:" in line
 
@@ -182,28 +209,22 @@ def test_a_refused_key_is_one_line_without_the_key(route, key, capsys, tmp_path)
     with FakeOpenAIServer(TemplateJudge([]), models={"judge-a"}, models_route=route) as server:
         server.required_key = "sk-the-right-one"
         code, out, err = check(judge_params(tmp_path, server.url), capsys, timeout=5)
-    assert code == 1 and KEY not in out + err
-    (line,) = error_lines(err)
+    assert KEY not in out + err
+    line = only_error(code, err)
     assert "HTTP 401" in line and "Incorrect API key provided: ***" in line
 
 
 @needs_bundle
-def test_without_the_models_route_a_404_model_not_found(key, capsys, tmp_path):
-    with FakeOpenAIServer(TemplateJudge([]), models={"other"}, models_route=False) as server:
-        code, _, err = check(judge_params(tmp_path, server.url), capsys, timeout=5)
-        assert server.probes == ["judge-a"] and server.calls == 0  # one one-token request, no judging
-    assert code == 1
-    (line,) = error_lines(err)
-    assert "HTTP 404 model_not_found on a one-token chat request" in line and "judge-a" in line
-
-
-@needs_bundle
-def test_without_the_models_route_a_served_model_answers(key, capsys, tmp_path):
-    with FakeOpenAIServer(TemplateJudge([]), models={"judge-a"}, models_route=False) as server:
+@pytest.mark.parametrize("served, code_expected, expected", [
+    ({"other"}, 1, "error: model 'judge-a' at {url}: HTTP 404 model_not_found on a one-token chat request"),
+    ({"judge-a"}, 0, "| model 'judge-a' at {url} | answered a one-token request |"),
+])
+def test_without_the_models_route_one_token_request(served, code_expected, expected, key, capsys, tmp_path):
+    with FakeOpenAIServer(TemplateJudge([]), models=served, models_route=False) as server:
         code, out, err = check(judge_params(tmp_path, server.url), capsys, timeout=5)
-        assert server.probes == ["judge-a"]
-    assert code == 0, err
-    assert "answered a one-token request" in out
+        assert server.probes == ["judge-a"] and server.calls == 0  # one one-token request, no judging
+    assert code == code_expected and len(error_lines(err)) == code_expected
+    assert expected.format(url=server.url) in out + err
 
 
 @needs_bundle
@@ -235,8 +256,7 @@ def test_a_hanging_server_times_out(hanging, expected, key, capsys, tmp_path):
         server.hang_listing = hanging == "listing"
         server.hang = 3.0
         code, _, err = check(judge_params(tmp_path, server.url), capsys, timeout=0.5)
-    assert code == 1
-    (line,) = error_lines(err)
+    line = only_error(code, err)
     assert expected in line and "api_judge (annotate.annotators.sim)" in line
 
 

@@ -41,7 +41,7 @@ OPENAI_HOST = "api.openai.com"  # the retired table is OpenAI's: it applies to O
 PROBE_PROMPT = "Reply with one word: ok"  # the one-token request to servers without GET /v1/models
 DEFAULT_TIMEOUT = 20.0  # seconds per request of the check; our choice
 SUBSTITUTE_POOLS = ("alpaca_farm_pool_2024", "alpaca_farm_pool_current", "alpaca_farm_pool_open")
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(@[\w.-]+)?$")
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # owner/name (afarm.models.hub splits off an @revision)
 
 
 # ---------------------------------------------------------------- what params will call
@@ -136,7 +136,9 @@ def plan_params(params: dict) -> Plan:
     return plan
 
 
-def _walk_config(plan: Plan, use: Use, name: str, dirs: list[Path], shared_data: str) -> None:
+def _walk_config(plan: Plan, use: Use, name: str, dirs: list[Path], shared_data: str,
+                 overrides: dict | None = None) -> None:
+    """The config folder ``name`` (found as the registry finds it), walked as ``_walk_spec``."""
     from afarm.annotators.registry import find_config
 
     try:
@@ -148,7 +150,7 @@ def _walk_config(plan: Plan, use: Use, name: str, dirs: list[Path], shared_data:
     except yaml.YAMLError as err:
         plan.add(plan.problems, f"{path}: malformed YAML: {' '.join(str(err).split())}", use)
         return
-    _walk_spec(plan, use, spec, str(path), dirs, shared_data)
+    _walk_spec(plan, use, spec, str(path), dirs, shared_data, overrides)
 
 
 def _walk_spec(plan: Plan, use: Use, spec: Any, source: str, dirs: list[Path], shared_data: str,
@@ -207,19 +209,7 @@ def _check_pool(plan: Plan, use: Use, settings: dict, source: str, dirs: list[Pa
         if member in specs:
             _walk_spec(plan, sub, specs[member], str(cfg.members_file), member_dirs, cfg.shared_data, cfg.member_overrides)
         else:
-            _walk_member_config(plan, sub, member, member_dirs, cfg.shared_data, cfg.member_overrides)
-
-
-def _walk_member_config(plan: Plan, use: Use, name: str, dirs: list[Path], shared_data: str, overrides: dict) -> None:
-    from afarm.annotators.registry import find_config
-
-    try:
-        path = find_config(name, dirs)
-    except KeyError as err:
-        plan.add(plan.problems, str(err.args[0]), use)
-        return
-    spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    _walk_spec(plan, use, spec, str(path), dirs, shared_data, overrides)
+            _walk_config(plan, sub, member, member_dirs, cfg.shared_data, cfg.member_overrides)
 
 
 def _check_offline(plan: Plan, use: Use, settings: dict, source: str, dirs: list[Path], shared_data: str) -> None:
@@ -231,11 +221,13 @@ def _check_heuristic(plan: Plan, use: Use, settings: dict, source: str, dirs: li
 
 
 def _check_local_hf(plan: Plan, use: Use, settings: dict, source: str, dirs: list[Path], shared_data: str) -> None:
+    from afarm.models.hub import split_revision
+
     model_path = str(settings["model_path"])
     _file(plan, use, str(settings["prompt_template"]), "prompt file", source)
     if Path(model_path).is_dir():
         plan.add(plan.local, f"model folder {model_path}", use)
-    elif _HUB_ID.match(model_path) and not model_path.startswith((".", "/")):
+    elif _HUB_ID.match(split_revision(model_path)[0]) and not model_path.startswith((".", "/")):
         plan.add(plan.local, f"hub model {model_path} (downloaded when its stage starts)", use)
     else:
         plan.add(plan.problems, f"{source}, field 'settings.model_path': {model_path} is neither a folder nor a hub id", use)
