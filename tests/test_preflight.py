@@ -383,3 +383,10 @@ def test_retired_table_in_the_readme_matches_the_data_file():
     with open(preflight.RETIRED_FILE, newline="") as handle:
         table = {r["model"]: r["shutdown"] for r in csv.DictReader(handle)}
     assert rows == table
+    # "N members of `alpaca_farm_pool`" in its "called by" column: counted in the pool's members file
+    members = yaml.safe_load((BUILTIN_CONFIGS / "alpaca_farm_pool/members.yaml").read_text())
+    quoted = {m.group(1): int(m.group(2)) for m in re.finditer(
+        r"^\| `([^`]+)` \|[^|]+\| (\d+) (?:of the \d+ )?members of `alpaca_farm_pool`", section, re.M)}
+    counted = {model: sum(spec["settings"]["model"] == model for spec in members.values()) for model in quoted}
+    assert quoted == counted and len(quoted) == 3
+    assert f"{len(members)} members of `alpaca_farm_pool`" in section and len(members) == 13
