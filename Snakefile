@@ -11,6 +11,7 @@
 # scripts/lock.py), used with `--software-deployment-method conda`. `snakemake --lint` reports nothing.
 import json
 import os
+import sys
 
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import min_version
@@ -81,4 +82,18 @@ for stage in STAGES:
             gpu=res.gpus,
             runtime=res.runtime,
         shell:
-            LAUNCHER + " --threads {threads} --tee {log} {params.args}"
+            f"{LAUNCHER} --threads {{threads}} --tee {{log}} {{params.args}}"
+
+
+# Preflight (`afarm check`, src/afarm/annotators/preflight.py): before the first job starts, every judge the
+# active params name must answer (retired API models refused, the others asked of their server; local judges'
+# files checked). Not a stage, so the stage table, dvc.yaml and dvc.lock do not change; under `dvc repro`, run
+# `afarm check` first (README "Judges that still answer"). Not run by dry runs (-n) or --touch.
+onstart:
+    if not workflow.touch:
+        from afarm.annotators.preflight import run_check
+
+        if run_check(PARAMS) != 0:
+            print("afarm check failed: no stage was started (fix the lines above, then rerun; `afarm check --params "
+                  f"{PARAMS['_path']}` repeats the check)", file=sys.stderr)
+            raise SystemExit(1)

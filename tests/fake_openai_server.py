@@ -17,6 +17,19 @@ It serves ``POST /v1/chat/completions`` and ``POST /v1/completions`` from a thre
 
 Counters (``calls``, ``ok_calls``, ``requests``) are kept server-side, so tests can prove
 that a cached rerun made zero HTTP calls.
+
+What ``afarm check`` (``afarm.annotators.preflight``) meets:
+
+* ``models``: None (default) serves any model name and has no ``GET /v1/models`` route (404), as
+  before; a set of names is listed by ``GET /v1/models`` (unless ``models_route`` is False, then that
+  route is a 404) and a request for any other model gets OpenAI's 404 ``model_not_found``;
+* ``hang_models``: requests for these models sleep ``hang`` seconds first; ``hang_listing``: so does
+  ``GET /v1/models``;
+* ``required_key``: when set, ``GET /v1/models`` and the check's requests sent with another key get
+  OpenAI's 401, whose message echoes the key it was sent;
+* the check's one-token request (``PROBE_PROMPT``) is answered "ok" by the server itself and recorded
+  in ``probes`` (model names), not in ``calls`` / ``requests``, and consumes no ``faults``: a
+  preflight run before a test's judging leaves that test's scripted faults and counters as they were.
 """
 
 from __future__ import annotations
@@ -30,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
+
+from afarm.annotators.preflight import PROBE_PROMPT
 
 
 @dataclass
@@ -123,9 +138,16 @@ def bundle_templates(shared_data: str | Path) -> list[Path]:
 
 
 class FakeOpenAIServer:
-    def __init__(self, reply: Callable[[dict], Reply], latency: float = 0.0):
+    def __init__(self, reply: Callable[[dict], Reply], latency: float = 0.0, models: set[str] | None = None,
+                 models_route: bool = True):
         self.reply = reply
         self.latency = latency
+        self.models = models  # None: any model, no GET /v1/models; else the served names (see the module docstring)
+        self.models_route = models_route
+        self.hang_models: set[str] = set()
+        self.hang_listing = False
+        self.probes: list[str] = []  # models asked by afarm check's one-token request
+        self.required_key: str | None = None
         self.faults: collections.deque[str] = collections.deque()
         self.fail_after: int | None = None
         self.retry_after = "0.05"  # seconds, sent with every 429
@@ -151,6 +173,9 @@ class FakeOpenAIServer:
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 server._handle(self)
+
+            def do_GET(self) -> None:  # noqa: N802
+                server._handle_get(self)
 
         class Server(ThreadingHTTPServer):
             request_queue_size = 512  # many concurrent clients: the default backlog of 5 refuses them
@@ -181,10 +206,51 @@ class FakeOpenAIServer:
             self.usage.clear()
 
     # ------------------------------------------------------------ requests
+    def _no_route(self, handler: BaseHTTPRequestHandler, path: str) -> None:
+        self._send(handler, 404, {"error": {"message": f"no route {path}", "type": "invalid_request_error"}})
+
+    def _unknown_model(self, handler: BaseHTTPRequestHandler, model: str) -> None:
+        self._send(handler, 404, {"error": {"message": f"The model `{model}` does not exist or you do not have access to it.",
+                                            "type": "invalid_request_error", "param": None, "code": "model_not_found"}})
+
+    def _refused_key(self, handler: BaseHTTPRequestHandler) -> bool:
+        """Answer 401 (echoing the key it was sent, as OpenAI does) when ``required_key`` is set and not sent."""
+        sent = handler.headers.get("Authorization", "").removeprefix("Bearer ")
+        if self.required_key is None or sent == self.required_key:
+            return False
+        self._send(handler, 401, {"error": {"message": f"Incorrect API key provided: {sent}",
+                                            "type": "invalid_request_error", "code": "invalid_api_key"}})
+        return True
+
+    def _handle_get(self, handler: BaseHTTPRequestHandler) -> None:
+        path = handler.path.rstrip("/")
+        if self._refused_key(handler):
+            return None
+        if path != "/v1/models" or self.models is None or not self.models_route:
+            return self._no_route(handler, path)
+        if self.hang_listing:
+            time.sleep(self.hang)
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "fake"} for name in sorted(self.models)]
+        self._send(handler, 200, {"object": "list", "data": data})
+
+    def _handle_probe(self, handler: BaseHTTPRequestHandler, body: dict) -> None:
+        model = body.get("model", "")
+        with self._lock:
+            self.probes.append(model)
+        if self._refused_key(handler):
+            return None
+        if self.models is not None and model not in self.models:
+            return self._unknown_model(handler, model)
+        if model in self.hang_models:
+            time.sleep(self.hang)
+        self._send(handler, 200, self._payload(body, Reply("ok"), "messages" in body))
+
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         length = int(handler.headers.get("Content-Length", 0))
         body = json.loads(handler.rfile.read(length) or b"{}")
         path = handler.path.rstrip("/")
+        if path in ("/v1/chat/completions", "/v1/completions") and prompt_text(body) == PROBE_PROMPT:
+            return self._handle_probe(handler, body)
         with self._lock:
             self.calls += 1
             self.requests.append(body)
@@ -193,7 +259,11 @@ class FakeOpenAIServer:
             if fault is None and self.fail_after is not None and self.ok_calls >= self.fail_after:
                 fault = "500"
         if path not in ("/v1/chat/completions", "/v1/completions"):
-            return self._send(handler, 404, {"error": {"message": f"no route {path}", "type": "invalid_request_error"}})
+            return self._no_route(handler, path)
+        if self.models is not None and body.get("model") not in self.models:
+            return self._unknown_model(handler, str(body.get("model")))
+        if body.get("model") in self.hang_models:
+            time.sleep(self.hang)
         if fault == "429":
             return self._send(handler, 429, {"error": {"message": "Rate limit reached", "type": "rate_limit"}},
                               {"Retry-After": self.retry_after})

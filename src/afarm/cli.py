@@ -5,6 +5,10 @@
   afarm evaluate --model_outputs PATH --shared_data DIR --out_dir OUT
       judge model outputs (a file or a folder of them) against a reference, then the same
       leaderboard; default judge and reference: AlpacaEval 2's
+  afarm check --params params.yaml
+      preflight: does every judge the params name answer (retired models refused, API models
+      asked of their server, local judges' files checked)? Exit 0 with a table, else 1 with one
+      line per failure
 
 Both write OUT/leaderboard.csv (upstream alpaca_eval's columns: the model as the unnamed first
 column, win_rate, ..., length_controlled_winrate, lc_standard_error), OUT/leaderboard.md and
@@ -274,6 +278,21 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    from afarm.annotators.preflight import run_check
+    from afarm.config import JUDGES, SCALES, load_params
+
+    params = load_params(args.params)
+    for key, value, allowed in (("scale", args.scale, SCALES), ("judges", args.judges, JUDGES)):
+        if value is not None:
+            if value not in allowed:
+                raise InputError(f"--{key}", f"must be one of {allowed}, got {value!r}")
+            params[key] = value
+    if args.timeout <= 0:
+        raise InputError("--timeout", f"must be positive, got {args.timeout}")
+    return run_check(params, timeout=args.timeout, offline=args.offline)
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -292,7 +311,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="afarm", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{leaderboard,evaluate}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{leaderboard,evaluate,check}")
 
     lb = sub.add_parser("leaderboard", help="leaderboard from existing annotations (no judge call)", epilog=EPILOG,
                         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -343,13 +362,33 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     _common(ev)
     ev.set_defaults(func=cmd_evaluate)
+
+    ck = sub.add_parser("check", help="preflight: does every judge the params name answer? (before any stage starts)",
+                        description="List every model the annotator configs named in params will call (preference data, "
+                                    "method_health labels, annotate, analyze_annotators; pool members recursively) and "
+                                    "the API rows of published_outputs. A model in the retired table at OpenAI's endpoint "
+                                    "is refused without a network call; every other API model is asked of its server "
+                                    "(GET /v1/models, else a one-token request); local judges' files are checked on disk. "
+                                    "Exit 0 with a summary table when everything answers, 1 with one line per failure, "
+                                    "2 on bad input. Keys are read from the environment only.")
+    from afarm.annotators.preflight import DEFAULT_TIMEOUT
+
+    ck.add_argument("--params", default="params.yaml", help="params file (default params.yaml; relative paths in it "
+                                                            "resolve against the working directory, the repository root)")
+    ck.add_argument("--scale", default=None, help="check this scale instead of the file's `scale` (tiny, small, paper)")
+    ck.add_argument("--judges", default=None, help="check this `judges` value instead of the file's (local, api)")
+    ck.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                    help=f"seconds per request to a server (default {DEFAULT_TIMEOUT:g})")
+    ck.add_argument("--offline", action="store_true",
+                    help="no network: retired models, keys and local files only; API models are not asked")
+    ck.set_defaults(func=cmd_check)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    if args.gamed and not args.instruction_difficulty:
+    if getattr(args, "gamed", None) and not args.instruction_difficulty:
         print("error: --gamed needs --instruction_difficulty", file=sys.stderr)
         return 2
     try:
