@@ -248,3 +248,37 @@ def test_rollout_shares_of_two_ranks_are_the_one_process_rollouts(inputs, monkey
     mine, generators = share(1, 2)
     assert (mine.start, mine.stop) == (8, 16) and len(generators) == 2
     assert torch.equal(generators[0].get_state(), ppo.chunk_generator(3, 2, 2).get_state())
+
+
+SYNCED_WORKER = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from afarm import distributed
+    from afarm.models.generate import GenerationConfig, _generate_batch
+    from afarm.models.lm import load_model
+
+    distributed.init_process_group(2, "gloo", timeout_s=30)
+    rank = distributed.rank()
+    model, tok = load_model(sys.argv[1], dtype="float32", rank0_only=True)
+    model = distributed.prepare_model(model, train=False)
+    ids = torch.tensor([tok("Tell me about red.")["input_ids"]] * 3)
+    cfg = GenerationConfig(max_new_tokens=12, do_sample=True, temperature=1.5, top_p=1.0)
+    # each rank samples with other generators: unsynced, the ranks would stop at different steps (a hang)
+    # or return different texts; synced, every rank takes rank 0's tokens
+    gens = [torch.Generator().manual_seed(100 * rank + k) for k in range(3)]
+    out = _generate_batch(model, ids, torch.ones_like(ids), cfg, gens, tok.eos_token_id)
+    print(json.dumps({"rank": rank, "out": out}))
+    distributed.destroy_process_group()
+    """
+)
+
+
+def test_a_sharded_model_generating_the_same_batch_on_every_rank_follows_rank_0(inputs, tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(SYNCED_WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(inputs / "sft")]
+    result = subprocess.run(cmd, env={**env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-6000:]
+    outs = {r["rank"]: r["out"] for r in (json.loads(line) for line in result.stdout.splitlines() if line.startswith("{"))}
+    assert outs[0] == outs[1] and any(outs[0])

@@ -198,9 +198,10 @@ def test_every_small_stage_fits_one_24_gb_gpu_with_the_local_judge(tmp_path):
     layer = 2 * 896 * 896 + 2 * 896 * 128 + 3 * 896 * 4864 + 2 * 896 + (896 + 2 * 128)
     p = 24 * layer + 151936 * 896 + 896
     assert p == 494_032_768 and plans["sft"].arch.num_params() == p
-    # PPO: policy and value trained (16 bytes each; the value's scalar head replaces the tied LM head: + 896),
-    # reference and reward model frozen in bf16
-    persistent = 16 * p + 16 * (p + 896) + 2 * p + 2 * (p + 896)
+    # PPO: policy and value trained (16 bytes each; the value's scalar head and its bias replace the tied LM head:
+    # + 897; the reward model's head has no bias: + 896), reference and reward model frozen in bf16, and AdamW's
+    # 4-byte step for each of the policy's 24 x 12 + 2 and the value model's 24 x 12 + 4 tensors
+    persistent = 16 * p + 16 * (p + 897) + 2 * p + 2 * (p + 896) + 4 * ((24 * 12 + 2) + (24 * 12 + 4))
     assert plans["ppo"].total_bytes - sum(r.bytes for r in plans["ppo"].rows if r.phase == "rollout") == persistent
     assert plans["ppo"].get("logits", "rollout") == 12 * 4 * 492 * 151936  # rollout micro-batch 4 at small
     # the judge, Qwen2.5-7B-Instruct in bf16: 7,615,616,512 parameters, 4 prompts x 2048 tokens

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import math
 import os
 from typing import Iterator, Sequence
@@ -88,6 +89,7 @@ def init_process_group(expected: int, backend: str = "gloo", timeout_s: float = 
 def destroy_process_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+    _mesh.cache_clear()  # the mesh belonged to that group
 
 
 def barrier() -> None:
@@ -102,6 +104,13 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def broadcast_tensor(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """``tensor`` as rank ``src`` holds it, on every rank (same shape and dtype everywhere; in place)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast(tensor, src=src)
+    return tensor
 
 
 def all_gather_objects(obj) -> list:
@@ -202,7 +211,6 @@ def prepare_model(model, *, train: bool, precision: str = "fp32", gradient_check
         model = model.to(device())
         held_memory.register(model, train)
         return model
-    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     if train and any(p.dtype != torch.float32 for p in model.parameters()):
@@ -213,7 +221,7 @@ def prepare_model(model, *, train: bool, precision: str = "fp32", gradient_check
     if from_rank0 and is_main() and meta:
         raise DistributedError("rank 0 must load the weights of a model the other ranks built on the meta device")
     weights = model.state_dict() if from_rank0 and is_main() else {}  # rank 0's whole weights, sent after sharding
-    mesh = init_device_mesh(device().type, (world_size(),))
+    mesh = _mesh(device().type)
     kwargs = {"mesh": mesh}
     if train and precision == "bf16_mixed":
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -227,6 +235,15 @@ def prepare_model(model, *, train: bool, precision: str = "fp32", gradient_check
     _check_sharded(model)
     held_memory.register(model, train)
     return model
+
+
+@functools.lru_cache(maxsize=None)
+def _mesh(device_type: str):
+    """One device mesh over all ranks for every model of the stage (a mesh per model would create a
+    communicator each: four in PPO)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device_type, (world_size(),))
 
 
 def _receive_from_rank0(model, weights: dict) -> None:

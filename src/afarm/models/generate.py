@@ -100,7 +100,11 @@ def _generate_batch(model, input_ids, attention_mask, cfg, generators, eos_id: i
 
     Rows that reach EOS leave the batch (their KV cache rows are dropped), so the rest run
     faster; each row samples from its own generator, so dropping others does not change it.
+    A sharded (FSDP) model among several ranks, which all run this same batch: every rank takes rank 0's
+    tokens at each step, so all stop at the same step and run the same forward passes (each pass
+    gathers the weights on every rank) even where their numerics would part.
     """
+    synced = distributed.world_size() > 1 and _is_sharded(model)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     out, cache = cached_forward(model, None, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1)
     next_position = position_ids[:, -1:] + 1
@@ -109,6 +113,8 @@ def _generate_batch(model, input_ids, attention_mask, cfg, generators, eos_id: i
     logits = out.logits[:, -1, :]
     for step in range(cfg.max_new_tokens):
         tokens = _next_tokens(logits, cfg, [generators[row] for row in live])
+        if synced:
+            tokens = distributed.broadcast_tensor(tokens)
         finished = tokens == eos_id
         for row, token in zip(live, tokens.tolist()):
             if token != eos_id:
