@@ -184,3 +184,21 @@ def test_the_docs_small_scale_table_is_what_the_plan_computes():
     assert table.strip() in (REPO / "docs" / "memory_plan.md").read_text(), "rerun bench/bench_memory_plan.py --scale small and paste its table"
     assert all(p.fits and p.memory_gb == 24 for p in plans)
     assert f"{mp.smallest_device_gb(plans):.1f}" == "23.6"  # the number the docs and README quote
+
+
+def test_every_paper_stage_fits_the_host_memory_its_slurm_job_asks_for():
+    """Host memory per node (rank 0 loads, the others build on the meta device): PPO holds the reward model
+    and its copy, the value model, in fp32 at once (8 bytes per parameter) plus 4 GB per process; every
+    stage fits the stage table's mem_mb, and docs/memory_plan.md carries bench/bench_memory_plan.py --host."""
+    from afarm import dag, launch
+
+    params = paper_params()
+    assert mp.host_ram("ppo", LLAMA_7B, 8) == 8 * P + 8 * 4 * 10**9  # 86 GB
+    assert mp.host_ram("method_health", LLAMA_7B, 1) == 4 * P + 4 * 10**9  # one fp32 model at a time on the CPU
+    for stage in dag.STAGES:
+        if stage.module in mp.HOST_COPIES:
+            need = mp.host_ram(stage.module, LLAMA_7B, launch.processes(stage.module, params))
+            assert need <= stage.resources("paper").mem_mb * 1e6, stage.name
+    table = subprocess.run([sys.executable, str(REPO / "bench" / "bench_memory_plan.py"), "--host"], capture_output=True,
+                           text=True, check=True).stdout.split("\n\n", 1)[1]
+    assert table.strip() in (REPO / "docs" / "memory_plan.md").read_text(), "rerun bench/bench_memory_plan.py --host and paste its table"

@@ -458,6 +458,36 @@ def markdown_table(plans: list[Plan]) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- host memory of a node
+
+# What one stage process holds in host memory besides model weights: the Python interpreter, torch,
+# transformers and (on a GPU) the CUDA context and its pinned buffers. An assumption, not a measurement:
+# a few GB per process is what such processes hold on a GPU node.
+PROCESS_HOST_BYTES = 4 * 10**9
+
+# The whole model copies a stage holds in CPU memory at once while loading, in bytes per parameter:
+# (on rank 0, on every rank). Training stages load on rank 0 only, the others build on the meta device
+# (afarm.models.lm.load_model(..., rank0_only=True)); a copy is freed once its model is sharded.
+# Trained models load in fp32 (4); a stored reward model is fp32 (4) and is cast to bf16 to be frozen
+# (+2 while it converts); a frozen policy loads in bf16 (2). Inference stages load straight onto their
+# GPU, tensor by tensor (device_map), except method_health, which loads one fp32 model at a time on
+# the CPU before moving it.
+HOST_COPIES = {
+    "sft": (4, 0), "feedme": (4, 0), "reward_conditioning": (4, 0), "expert_iteration": (4, 0), "reward_model": (4, 0),
+    "dpo": (4 + 2, 0),  # the reference loads in its stored fp32 and is cast to bf16 (the policy is sharded by then)
+    "ppo": (4 + 4, 0),  # the reward model (fp32) and its copy, the value model (fp32), before either is sharded
+    "quark": (4 + 2, 0),  # policy (fp32) and reference (bf16), loaded together and grown before sharding
+    "generate": (0, 0), "sft_samples": (0, 0), "best_of_n": (0, 0), "method_health": (0, 4),
+}
+
+
+def host_ram(stage_kind: str, arch: Arch, processes: int) -> int:
+    """Bytes of host memory a node needs for ``stage_kind`` in ``processes`` processes: the larger of rank
+    0's and all ranks' whole CPU copies while loading (``HOST_COPIES``), plus ``PROCESS_HOST_BYTES`` each."""
+    rank0, every = HOST_COPIES[stage_kind]
+    return max(rank0, processes * every) * arch.num_params() + processes * PROCESS_HOST_BYTES
+
+
 # ---------------------------------------------------------------- from params.yaml
 
 # Values the plan needs that a section may leave out: upstream's, as the stages' config dataclasses.
@@ -680,5 +710,5 @@ def fit_summary(params: dict, memory_gb: float = 80.0) -> str:
     return "\n".join(rows)
 
 
-__all__ = ["fit_summary", "paper_plans", "scale_plans", "smallest_device_gb", "stage_plan", "stage_judges", "Arch", "Judge",
+__all__ = ["fit_summary", "host_ram", "paper_plans", "scale_plans", "smallest_device_gb", "stage_plan", "stage_judges", "Arch", "Judge",
            "KNOWN_ARCHS", "Plan", "PlanError", "Row", "check", "check_stage", "load_arch", "markdown_table", "plan"]
