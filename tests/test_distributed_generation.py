@@ -29,6 +29,8 @@ from afarm.models.prompts import format_prompt
 from afarm.models.tokenizer import train_tokenizer
 from afarm import launch
 
+pytestmark = pytest.mark.slow  # several processes (torchrun): not in the fast tier
+
 REPO = Path(__file__).resolve().parents[1]
 TOY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128)
 INSTRUCTIONS = ["Name a fruit.", "Say hello to the whole class.", "Count to three.", "Give a color.", "What is water?",

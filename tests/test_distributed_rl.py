@@ -32,6 +32,8 @@ from afarm.models.lm import ModelConfig, build_model, load_model, save_model
 from afarm.models.prompts import chat_prompt, format_prompt
 from afarm.models.tokenizer import train_tokenizer
 
+pytestmark = pytest.mark.slow  # several processes (torchrun): not in the fast tier
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 TOY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=256)
 COMMON = {  # per stage section: global batches 16 / 8, micro-batches 8 (rollout) and 2 (step)

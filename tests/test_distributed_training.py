@@ -43,6 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from distributed_check import EXAMPLES, config  # noqa: E402
 
+pytestmark = pytest.mark.slow  # several processes (torchrun): not in the fast tier
+
 TIMEOUT_S = 60  # launch.timeout_s: a hung collective fails the stage within a minute
 WORDS = "red green blue cat dog bird sun moon tree river stone cloud fast slow big small".split()
 TRAIN = {"learning_rate": 1e-3, "num_epochs": 1, "batch_size": 4, "micro_batch_size": 1, "warmup_ratio": 0.0,
