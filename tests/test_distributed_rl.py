@@ -185,13 +185,18 @@ WORKER = textwrap.dedent(
 )
 
 
-def test_ranks_sample_different_lengths_from_a_sharded_policy(inputs, tmp_path):
+def run_worker(source: str, tmp_path: Path, model: Path) -> list[dict]:
+    """Run the worker script ``source`` on ``model`` in 2 processes (torchrun); the JSON lines it printed, by rank."""
     script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(inputs / "sft")]
+    script.write_text(source)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(model)]
     result = subprocess.run(cmd, env={**env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-6000:]
-    reports = sorted((json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")), key=lambda r: r["rank"])
+    return sorted((json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")), key=lambda r: r["rank"])
+
+
+def test_ranks_sample_different_lengths_from_a_sharded_policy(inputs, tmp_path):
+    reports = run_worker(WORKER, tmp_path, inputs / "sft")
     assert [r["rank"] for r in reports] == [0, 1]
     assert reports[0]["ours_width"] <= 3 < reports[1]["ours_width"]  # the ranks really sampled different lengths
     assert reports[0]["hf_width"] <= 3 < reports[1]["hf_width"]
@@ -277,10 +282,5 @@ SYNCED_WORKER = textwrap.dedent(
 
 
 def test_a_sharded_model_generating_the_same_batch_on_every_rank_follows_rank_0(inputs, tmp_path):
-    script = tmp_path / "worker.py"
-    script.write_text(SYNCED_WORKER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(inputs / "sft")]
-    result = subprocess.run(cmd, env={**env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-6000:]
-    outs = {r["rank"]: r["out"] for r in (json.loads(line) for line in result.stdout.splitlines() if line.startswith("{"))}
+    outs = {r["rank"]: r["out"] for r in run_worker(SYNCED_WORKER, tmp_path, inputs / "sft")}
     assert outs[0] == outs[1] and any(outs[0])

@@ -76,7 +76,12 @@ def test_paper_spine_in_two_processes_with_api_judges(repo, shared, tmp_path):
     sft = json.loads((work / "models" / "sft" / "config.json").read_text())
     assert sft["hidden_size"] == 64 and sft["vocab_size"] >= 400  # the local "pretrained" model, with "[PAD]" added
     ppo = json.loads((work / "results" / "metrics" / "ppo_sim.json").read_text())
-    assert ppo  # one PPO step's statistics were written (rank 0)
+    assert ppo["num_steps"] == section(resolved, "ppo")["max_steps"] == 1  # the step the miniature asks for (rank 0 wrote it)
+    from safetensors.torch import load_file
+
+    start, trained = (load_file(work / "models" / name / "model.safetensors") for name in ("sft", "ppo_sim"))
+    moved = max((trained[k].float() - start[k].float()).abs().max().item() for k in start if k in trained)
+    assert moved > 1e-6, moved  # one PPO step of 2 sharded processes changed the policy (fp32 masters, lr 1e-5 per AdamW step)
 
     # The judged rows make a leaderboard.
     board = tmp_path / "board"
@@ -88,4 +93,7 @@ def test_paper_spine_in_two_processes_with_api_judges(repo, shared, tmp_path):
         (flat / f"{name}.json").write_text(json.dumps(records))
     sh(f"afarm leaderboard --annotations_dir {flat} --out_dir {board}", tmp_path)
     rows = {r[""]: r for r in csv.DictReader(open(board / "leaderboard.csv"))}  # upstream's layout: unnamed model column
-    assert set(rows) == {"ppo_sim", "sft"} and all(0 <= float(r["win_rate"]) <= 100 for r in rows.values())
+    assert set(rows) == {"ppo_sim", "sft"}
+    for name, row in rows.items():  # each win rate is the recount of its judged rows: 100 x mean(preference - 1)
+        prefs = [r["preference"] for r in json.loads((flat / f"{name}.json").read_text())]
+        assert float(row["win_rate"]) == pytest.approx(100 * sum(p - 1 for p in prefs) / len(prefs), abs=1e-9), name
