@@ -18,6 +18,7 @@ Check what a run will call before it spends GPU time: this calls nothing outside
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -155,7 +156,7 @@ def main() -> None:
         planned = mp.plan("ppo", arch, devices=world, micro_batch=ppo.step_micro_batch_size, seq_len=s, gradient_checkpointing=True,
                           generation_batch=ppo.rollout_micro_batch_size, generation_len=s).total_bytes
         with Phase("ppo", planned, report, probe) as phase:
-            result = train_ppo(policy, reference, value, lambda p, r: score(reward_model, tok, p, r, 8), tok, prompts, ppo)
+            result = train_ppo(policy, reference, value, functools.partial(score, reward_model, tok, batch_size=8), tok, prompts, ppo)
             phase.tokens = int(sum(r["response_length"] for r in result["log"]) * ppo.rollout_batch_size)
         save_model(policy, tok, tmp / "ppo")
         del policy, reference, value, reward_model
