@@ -470,8 +470,9 @@ PROCESS_HOST_BYTES = 4 * 10**9
 # (afarm.models.lm.load_model(..., rank0_only=True)); a copy is freed once its model is sharded.
 # Trained models load in fp32 (4); a stored reward model is fp32 (4) and is cast to bf16 to be frozen
 # (+2 while it converts); a frozen policy loads in bf16 (2). Inference stages load straight onto their
-# GPU, tensor by tensor (device_map), except method_health, which loads one fp32 model at a time on
-# the CPU before moving it.
+# GPU, tensor by tensor (device_map; best_of_n's and expert iteration's scorer too,
+# afarm.methods.best_of_n.load_for_scoring), except method_health, which loads one fp32 model at a
+# time on the CPU before moving it.
 HOST_COPIES = {
     "sft": (4, 0), "feedme": (4, 0), "reward_conditioning": (4, 0), "expert_iteration": (4, 0), "reward_model": (4, 0),
     "dpo": (4 + 2, 0),  # the reference loads in its stored fp32 and is cast to bf16 (the policy is sharded by then)

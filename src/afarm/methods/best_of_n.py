@@ -23,7 +23,7 @@ import torch
 from afarm import distributed
 from afarm.methods.reward_model import encode, load_reward_model, score
 from afarm.models.generate import GenerationConfig, generate_samples_finished
-from afarm.models.lm import DTYPES, torch_threads
+from afarm.models.lm import DTYPES, check_model_folder, torch_threads
 
 log = logging.getLogger("afarm.methods.best_of_n")
 
@@ -107,9 +107,16 @@ def load_for_scoring(path, cfg: BestOfNConfig) -> tuple[object, object]:
     """(reward model, tokenizer) from a reward model folder: cast to ``cfg.reward_dtype``, on this process's device."""
     if cfg.reward_dtype is not None and cfg.reward_dtype not in DTYPES:
         raise ValueError(f"unknown reward_dtype {cfg.reward_dtype!r}; expected one of {sorted(DTYPES)}")
-    model, tokenizer = load_reward_model(path)
     dtype = DTYPES[cfg.reward_dtype] if cfg.reward_dtype is not None else None
-    return model.to(device=distributed.device(), dtype=dtype), tokenizer  # tensor by tensor: no second full copy
+    device = distributed.device()
+    if device.type != "cpu":  # straight onto the GPU in its dtype, tensor by tensor: no whole copy in host memory per rank
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        check_model_folder(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype or "auto", device_map={"": device})
+        return model.eval(), AutoTokenizer.from_pretrained(path)
+    model, tokenizer = load_reward_model(path)
+    return model.to(device=device, dtype=dtype), tokenizer  # tensor by tensor: no second full copy
 
 
 def best_of_n(policy, policy_tokenizer, reward_model, reward_tokenizer, prompts: Sequence[str], cfg: BestOfNConfig) -> dict:
