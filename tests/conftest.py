@@ -37,8 +37,9 @@ def pytest_collection_finish(session):
     import pipeline_helpers
 
     pipeline_helpers.PREFETCH_FRESH_REPRO = any(item.nodeid.endswith(E2E_TEST) for item in session.items)
+    # every test that uses the workspace is marked slow: the fast tier (-m "not slow") starts no build
     PREBUILD = any(getattr(getattr(item, "module", None), "built_workspace", None) is pipeline_helpers.built_workspace
-                   for item in session.items)
+                   and item.get_closest_marker("slow") is not None for item in session.items)
 
 
 @pytest.fixture(scope="session", autouse=True)

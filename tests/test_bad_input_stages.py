@@ -300,6 +300,7 @@ def outcomes(tmp_path_factory, shared, repo, tiny_models) -> dict[str, Outcome]:
 
 
 @pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.slow  # its fixture runs every stage module on broken inputs (minutes): not in the fast tier
 def test_stage_rejects_bad_input(outcomes, case):
     out = outcomes[case]
     assert out.returncode == 2, f"exit code {out.returncode}, stderr:\n{out.stderr}"

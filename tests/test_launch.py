@@ -173,6 +173,7 @@ def _train(root: Path, out: str, env: dict, launcher: bool) -> str:
     return hashlib.md5((root / out / "model.safetensors").read_bytes() + (root / f"{out}.csv").read_bytes()).hexdigest()  # weights and training curve
 
 
+@pytest.mark.slow  # trains a model four times (half a minute)
 @pytest.mark.skipif(os.uname().machine not in ("x86_64", "AMD64"), reason="CPU kernel paths are x86's")
 def test_launcher_bytes_do_not_depend_on_the_callers_kernels_or_threads(tmp_path):
     _write_training_inputs(tmp_path)
