@@ -201,3 +201,10 @@ def test_a_plan_that_does_not_fit_stops_before_any_work(tmp_path):
     errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
     assert result.returncode == 2 and len(errors) == 1 and "memory plan: stage 'ppo'" in errors[0], errors
     assert "| torch\n" not in result.stderr and not out.exists()  # stopped before importing torch or writing
+
+
+def test_no_sync_accumulation_reaches_the_stage_environment(tmp_path):
+    """launch.no_sync_accumulation is passed to the stage processes under the name afarm.distributed reads."""
+    assert launch.NO_SYNC_VARIABLE == distributed.NO_SYNC_VARIABLE
+    assert launch.environment(params(tmp_path), base={})[launch.NO_SYNC_VARIABLE] == "0"  # default: reduce every micro-batch
+    assert launch.environment(params(tmp_path, {"no_sync_accumulation": True}), base={})[launch.NO_SYNC_VARIABLE] == "1"
