@@ -208,3 +208,25 @@ def test_no_sync_accumulation_reaches_the_stage_environment(tmp_path):
     assert launch.NO_SYNC_VARIABLE == distributed.NO_SYNC_VARIABLE
     assert launch.environment(params(tmp_path), base={})[launch.NO_SYNC_VARIABLE] == "0"  # default: reduce every micro-batch
     assert launch.environment(params(tmp_path, {"no_sync_accumulation": True}), base={})[launch.NO_SYNC_VARIABLE] == "1"
+
+
+def test_checkpoints_go_under_paths_checkpoints_or_its_default(tmp_path, monkeypatch):
+    """A params file whose paths section leaves checkpoints out (as many do) still gets a checkpoint folder:
+    PathsConfig's default, under the repository root (DVC_ROOT when DVC runs the stage)."""
+    import argparse
+    from dataclasses import dataclass
+
+    @dataclass
+    class Cfg:
+        checkpoint_every: int = 0
+
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    args = argparse.Namespace(out="models/x", params="params.yaml")
+    base = {"scale": "tiny", "_path": "params.yaml"}
+    partial = _cli.checkpoints({**base, "paths": {"shared_data": "/data"}}, "sft", args, Cfg(), [], 5)
+    assert partial.folder.parent == Path(".checkpoints") / "sft" and partial.every == 5
+    named = _cli.checkpoints({**base, "paths": {"checkpoints": str(tmp_path / "ck")}}, "sft", args, Cfg(), [], 5)
+    assert named.folder.parent == tmp_path / "ck" / "sft"
+    assert named.folder.name == partial.folder.name  # the key: flags, config and inputs, not where it is stored
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert _cli.checkpoints(base, "sft", args, Cfg(), [], 5).folder.parent == tmp_path / ".checkpoints" / "sft"

@@ -93,7 +93,8 @@ def checkpoints(params: dict, module: str, args: argparse.Namespace, cfg, inputs
 
     from afarm.checkpoint import Checkpoints, file_stamps, run_key
 
-    root = repo_paths(params)["checkpoints"] if "paths" in params else PathsConfig.checkpoints
+    root = (repo_paths(params) if "paths" in params else {}).get("checkpoints")  # a paths section may leave it out
+    root = root or str(Path(os.environ.get(DVC_ROOT) or ".") / PathsConfig.checkpoints)
     key = run_key(module, {k: v for k, v in vars(args).items() if k != "params"}, dataclasses.asdict(cfg), file_stamps(inputs))
     return Checkpoints(Path(root) / module / key, every)
 
