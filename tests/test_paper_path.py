@@ -43,7 +43,9 @@ def test_paper_spine_in_two_processes_with_api_judges(repo, shared, tmp_path):
     params["scale"] = "paper"
     params["paths"] = {"shared_data": str(shared), "cache_dir": str(tmp_path / "annotation-cache")}
     merge(params, _small({"data": {"hub_id": str(tmp_path / "alpaca_farm")},
-                          "base_model": {"model": {"pretrained": {"paper": str(tmp_path / "llama")}}}}))
+                          "base_model": {"model": {"pretrained": {"paper": str(tmp_path / "llama")}}},
+                          # a step count: the paper's 5 warmup steps would give the miniature's one step lr 0
+                          "ppo": {"warmup_steps": {"paper": 0}}}))
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh("git init -q -b main && git add -A && git commit -qm paper-miniature", work)
 
@@ -81,7 +83,7 @@ def test_paper_spine_in_two_processes_with_api_judges(repo, shared, tmp_path):
 
     start, trained = (load_file(work / "models" / name / "model.safetensors") for name in ("sft", "ppo_sim"))
     moved = max((trained[k].float() - start[k].float()).abs().max().item() for k in start if k in trained)
-    assert moved > 1e-6, moved  # one PPO step of 2 sharded processes changed the policy (fp32 masters, lr 1e-5 per AdamW step)
+    assert moved > 1e-6, moved  # one PPO step of 2 sharded processes changed the fp32 masters (AdamW moves a weight by ~lr = 1e-5)
 
     # The judged rows make a leaderboard.
     board = tmp_path / "board"
