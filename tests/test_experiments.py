@@ -36,10 +36,11 @@ def test_relative_paths_resolve_against_the_repository_root(monkeypatch):
 
     params = {"scale": "tiny", "paths": {"shared_data": "../shared/data", "cache_dir": ".cache/afarm"}}
     monkeypatch.delenv("DVC_ROOT", raising=False)
-    assert repo_paths(params) == {"shared_data": "../shared/data", "cache_dir": ".cache/afarm"}  # Snakemake: the working directory
+    # Snakemake: the working directory; a key the section leaves out (checkpoints) gets PathsConfig's default
+    assert repo_paths(params) == {"shared_data": "../shared/data", "cache_dir": ".cache/afarm", "checkpoints": ".checkpoints"}
     monkeypatch.setenv("DVC_ROOT", "/home/me/afarm")  # what DVC sets in an experiment's copy
     assert repo_paths(params) == {"shared_data": "/home/me/afarm/../shared/data",
-                                  "cache_dir": "/home/me/afarm/.cache/afarm"}
+                                  "cache_dir": "/home/me/afarm/.cache/afarm", "checkpoints": "/home/me/afarm/.checkpoints"}
     params["paths"]["cache_dir"] = "/scratch/cache"
     assert repo_paths(params)["cache_dir"] == "/scratch/cache"  # absolute paths are kept
 

@@ -11,7 +11,7 @@ complete checkpoints stay; a finished run removes its folder.
 
 Where: the stage names the folder, outside its declared outputs (an interrupted stage keeps none of
 those), keyed by a hash of everything that decides the run (params section, input files, process
-count is not part of it): ``afarm.stages._cli.checkpoint_folder``. The library knows nothing of stages.
+count is not part of it): ``afarm.stages._cli.checkpoints``. The library knows nothing of stages.
 """
 
 from __future__ import annotations
@@ -76,9 +76,8 @@ class Checkpoints:
             path.mkdir(parents=True)
         distributed.barrier()
         dcp.save(_state(modules, optimizer), checkpoint_id=str(path / "dcp"), no_dist=distributed.world_size() == 1)
-        rng = {"torch": torch.get_rng_state(), "world_size": distributed.world_size()}
         with open(path / f"rng.rank{distributed.rank()}.pt", "wb") as f:
-            torch.save(rng, f)
+            torch.save({"torch": torch.get_rng_state()}, f)
         if distributed.is_main():
             with open(path / "rest.pkl", "wb") as f:
                 pickle.dump(rest, f)

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
-from afarm.config import PathsConfig, check_sections, load_params, section, stage_config
+from afarm.config import PathsConfig, check_sections, load_params, stage_config
 from afarm.io import InputError, OutputError, outputs_together
 from afarm import launch
 
@@ -50,7 +51,8 @@ def repo_paths(params: dict) -> dict[str, str]:
     under ``.dvc/tmp/exps/``, it names the original repository, so every experiment shares one
     annotation cache), else the working directory (Snakemake runs from the repository root)."""
     root = Path(os.environ.get(DVC_ROOT) or ".")
-    return {key: value if Path(value).is_absolute() else str(root / value) for key, value in section(params, "paths").items()}
+    paths = dataclasses.asdict(stage_config(params, "paths", PathsConfig) if "paths" in params else PathsConfig())  # keys left out: defaults
+    return {key: value if Path(value).is_absolute() else str(root / value) for key, value in paths.items()}
 
 
 def check_training(params: dict, key: str, cfg) -> None:
@@ -89,14 +91,10 @@ def checkpoints(params: dict, module: str, args: argparse.Namespace, cfg, inputs
     (outside the stage's outputs), in a folder keyed by the stage's flags, its resolved config ``cfg``
     and the sizes and times of its ``inputs`` (files or folders): the same command with the same
     inputs finds its checkpoints again, anything else starts afresh."""
-    import dataclasses
-
     from afarm.checkpoint import Checkpoints, file_stamps, run_key
 
-    root = (repo_paths(params) if "paths" in params else {}).get("checkpoints")  # a paths section may leave it out
-    root = root or str(Path(os.environ.get(DVC_ROOT) or ".") / PathsConfig.checkpoints)
     key = run_key(module, {k: v for k, v in vars(args).items() if k != "params"}, dataclasses.asdict(cfg), file_stamps(inputs))
-    return Checkpoints(Path(root) / module / key, every)
+    return Checkpoints(Path(repo_paths(params)["checkpoints"]) / module / key, every)
 
 
 def parser(description: str) -> argparse.ArgumentParser:
